@@ -1,0 +1,96 @@
+"""softmax-bench: the command line.
+
+    softmax-bench list                       registered variants (and plugins that failed to import)
+    softmax-bench train [--variant V ...]    the chapter's softmax regression on Fashion-MNIST
+    softmax-bench throughput [--quick]       timing sweeps against the copy-bandwidth roofline
+    softmax-bench stability                  adversarial inputs against an mpmath reference
+    softmax-bench check VARIANT              one variant against its stability contract (CI gate)
+    softmax-bench report RUN [RUN ...]       render run folders into reports/NAME/
+    softmax-bench compare BASE NEW           regression gate between two runs
+    softmax-bench all [--quick]              the whole study into one run folder, then its report
+
+Each study command lives in its own module, which provides ``add_arguments_<cmd>(parser)`` and
+``run_<cmd>(args) -> int``; this file only wires them. A UserError anywhere becomes one clear paragraph
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+
+from bench import UserError
+from softmax_impls import UnknownVariantError
+
+# command -> (module, help). The module defines add_arguments_<command> and run_<command>.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("bench.cli", "list the registered variants and any plugin that failed to import"),
+    "train": ("bench.training", "train the chapter's softmax regression on Fashion-MNIST"),
+    "throughput": ("bench.throughput", "time every variant against the device's copy bandwidth"),
+    "stability": ("bench.stability", "overflow/underflow/accuracy against a high-precision reference"),
+    "check": ("bench.stability", "check one variant against its stability contract; non-zero on breach"),
+    "report": ("bench.report", "render run folders into a report under reports/"),
+    "compare": ("bench.report", "compare two runs; non-zero on a regression"),
+    "all": ("bench.study", "run the whole study into one run folder and render its report"),
+}
+
+
+def add_arguments_list(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run_list(args: argparse.Namespace) -> int:
+    import softmax_impls
+
+    for variant in softmax_impls.all_variants():
+        print(f"{variant.name:16s} {'/'.join(variant.devices):9s} {variant.summary}")
+    broken = softmax_impls.broken()
+    for plugin in broken.values():
+        print(f"{plugin.name:16s} BROKEN    {plugin.target}: {plugin.error}")
+    return 0
+
+
+def fail(message: str, code: int = 2) -> int:
+    width = 100
+    print("\n".join(textwrap.wrap("softmax-bench: " + message, width)), file=sys.stderr)
+    return code
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="softmax-bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules: dict[str, object] = {}
+    for command, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(command, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+            getattr(module, f"add_arguments_{command}")(p)
+            modules[command] = module
+        except (ImportError, AttributeError) as exc:
+            # One missing study must not take the whole tool down; the command reports why when used.
+            modules[command] = exc
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = modules[args.command]
+    if isinstance(module, Exception):
+        return fail(f"the '{args.command}' command is not available in this installation: {module}")
+    try:
+        return int(getattr(module, f"run_{args.command}")(args) or 0)
+    except (UserError, UnknownVariantError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted; every row measured so far is saved in the run folder (use --resume RUN).", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

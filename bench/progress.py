@@ -1,0 +1,41 @@
+"""Progress display: a tqdm bar on a terminal, plain log lines otherwise (CI logs, pipes)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def bar(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = True) -> tqdm:
+    """A progress bar over `iterable`; silent (disable=True) when stderr is not a terminal.
+
+    Callers that also want plain log lines off a terminal use :func:`log`.
+    """
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=not interactive(), dynamic_ncols=True)
+
+
+def log(message: str) -> None:
+    """One line on stderr that does not tear an active progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def each(iterable: Iterable[T], desc: str, total: int | None = None, describe=str) -> Iterator[T]:
+    """Iterate with a bar on a terminal, or one log line per item otherwise; `describe(item)` names it."""
+    items = list(iterable) if total is None else iterable
+    n = len(items) if total is None else total
+    progress = bar(items, desc=desc, total=n)
+    for i, item in enumerate(progress, 1):
+        label = describe(item)
+        if interactive():
+            progress.set_postfix_str(label, refresh=False)
+        else:
+            log(f"[{desc} {i}/{n}] {label}")
+        yield item
