@@ -57,4 +57,141 @@ FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat",
 
 # --- throughput sweeps (bench/throughput.py) ------------------------------------------------------
 
+THROUGHPUT_OPS = ("softmax_fwd", "softmax_fwd_bwd", "ce_fwd", "ce_fwd_bwd")
+
+
+@dataclass(frozen=True)
+class TimerBudget:
+    """How long and how often one measurement is timed (bench/timing.py reads it)."""
+
+    warmup: int = 3  # calls after the separately timed first call, before timing starts
+    warmup_s: float = 0.2  # ...but stop warming up once this long was spent (1 s calls need no 3 warm-ups)
+    min_reps: int = 5  # samples taken even when the time budget is spent
+    max_reps: int = 2000
+    budget_s: float = 0.25  # time spent collecting samples for one measurement
+    # CPU: a call shorter than this is repeated inside one sample so perf_counter's own cost stays negligible.
+    min_sample_s: float = 100e-6
+    max_inner: int = 1000
+    # Flag a measurement as unstable when its interquartile range exceeds this fraction of its median.
+    spread_limit: float = 0.10
+    l2_flush_multiple: int = 2  # CUDA: the flush buffer is this many times the device's L2 size
+
+
+@dataclass(frozen=True)
+class SweepBlock:
+    """Every op x shape x dtype combination of one block; a preset is a union of blocks."""
+
+    ops: tuple[str, ...]
+    shapes: tuple[tuple[int, int], ...]  # (rows, cols): rows = batch x sequence, cols = classes / vocabulary
+    dtypes: tuple[str, ...]
+    timer: TimerBudget | None = None  # None: the preset's timer
+
+
+@dataclass(frozen=True)
+class RepeatCheck:
+    """A measurement taken twice in the same run, to show how far two repeats agree."""
+
+    variant: str
+    op: str
+    rows: int
+    cols: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ThroughputPreset:
+    name: str
+    description: str
+    blocks: tuple[SweepBlock, ...]
+    timer: TimerBudget = TimerBudget()
+    repeats: tuple[RepeatCheck, ...] = ()
+    # CPU: a unit is not attempted (status oom) when inputs + this many input-sized temporaries exceed the
+    # memory the kernel says is available - the OOM killer would end the whole sweep, not just the unit.
+    cpu_live_copies: int = 8
+
+
+_TP_OPS = THROUGHPUT_OPS
+_TP_CHAPTER = ((256, 10), (60000, 10))  # the chapter's minibatch and whole training set, 10 classes
+_TP_BIG_TIMER = TimerBudget(warmup=1, warmup_s=0.0, min_reps=3, budget_s=0.5)  # ~0.1-1 s calls on this CPU
+_TP_QUICK_TIMER = TimerBudget(budget_s=0.1)
+
+THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
+    p.name: p
+    for p in (
+        ThroughputPreset(
+            "smoke", "seconds: two tiny shapes, every op, float32 (tests and CI)",
+            blocks=(SweepBlock(_TP_OPS, ((256, 10), (512, 1000)), ("float32",)),),
+            timer=TimerBudget(warmup=1, min_reps=3, budget_s=0.02),
+        ),
+        ThroughputPreset(
+            "quick", "under a minute on a 2-core CPU: the chapter's shapes, 4096x4096 softmax, one LM row block",
+            blocks=(
+                SweepBlock(_TP_OPS, _TP_CHAPTER, ("float32",)),
+                SweepBlock(_TP_OPS, ((1024, 4096),), ("bfloat16",)),
+                SweepBlock(("softmax_fwd",), ((4096, 4096),), ("float32",), timer=_TP_BIG_TIMER),
+                SweepBlock(("ce_fwd_bwd",), ((256, 32768),), ("float32",), timer=_TP_BIG_TIMER),
+            ),
+            timer=_TP_QUICK_TIMER,
+            repeats=(RepeatCheck("torch", "softmax_fwd", 4096, 4096, "float32"),),
+        ),
+        ThroughputPreset(
+            "default", "a few minutes on a 2-core CPU: chapter shapes to LM vocabularies, float32/bfloat16/float64",
+            blocks=(
+                SweepBlock(_TP_OPS, _TP_CHAPTER, ("float32", "float64", "bfloat16")),
+                SweepBlock(_TP_OPS, ((1024, 4096), (4096, 4096)), ("float32", "bfloat16")),
+                SweepBlock(_TP_OPS, ((4096, 32768), (1024, 131072)), ("float32",), timer=_TP_BIG_TIMER),
+            ),
+            repeats=(RepeatCheck("torch", "softmax_fwd", 4096, 4096, "float32"),
+                     RepeatCheck("torch", "ce_fwd_bwd", 4096, 32768, "float32")),
+        ),
+        ThroughputPreset(
+            "gpu", "a GPU: chapter shapes to 8192x131072 and 4096x262144 vocabularies, every dtype",
+            blocks=(
+                SweepBlock(_TP_OPS, _TP_CHAPTER, ("float32", "float64", "float16", "bfloat16")),
+                SweepBlock(_TP_OPS, ((4096, 4096), (4096, 32768), (1024, 131072), (8192, 131072), (4096, 262144)),
+                           ("float32", "float16", "bfloat16")),
+                SweepBlock(_TP_OPS, ((4096, 32768),), ("float64",)),
+            ),
+            timer=TimerBudget(warmup=10, warmup_s=0.5, min_reps=10, budget_s=0.3, min_sample_s=0.0),
+            repeats=(RepeatCheck("torch", "softmax_fwd", 4096, 32768, "float32"),
+                     RepeatCheck("torch", "ce_fwd_bwd", 4096, 32768, "bfloat16")),
+        ),
+    )
+}
+
 # --- stability sweeps (bench/stability.py) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StabilityPreset:
+    """One stability sweep: which row lengths each family is measured at, how many rows, which seed.
+
+    The families and their swept parameters (shifts past each dtype's exp limits) live in bench/families.py,
+    derived from the dtype's own limits; a preset only picks how much of it to run.
+    """
+
+    name: str
+    description: str
+    lengths: tuple[int, ...]  # row lengths for every family
+    long_lengths: tuple[int, ...]  # row lengths for the families marked long (wide_rows, ties_large)
+    rows: int = 4  # rows per batch (>= 2: the poisoned / fully masked row sits beside clean ones)
+    long_rows: int = 2  # rows per batch at lengths above 20000
+    seed: int = 0
+    families: tuple[str, ...] = ()  # empty: every family
+    thresholds: bool = True  # bisect overflow / underflow / far-target thresholds too
+
+
+STABILITY_PRESETS: dict[str, StabilityPreset] = {
+    p.name: p
+    for p in (
+        StabilityPreset("default", "every family at rows of 10, 1000 and 16384 (wide rows and ties to 131072), "
+                                   "every dtype, thresholds; a few minutes on a 2-core CPU",
+                        lengths=(10, 1000, 16384), long_lengths=(10, 1000, 131072)),
+        StabilityPreset("quick", "every family at rows of 10 and 257 (wide rows and ties at 131072), thresholds",
+                        lengths=(10, 257), long_lengths=(10, 131072), rows=3),
+        # what tests/test_contracts.py and `softmax-bench check` run: every family, so every contract entry is
+        # exercised, at the smallest lengths that still show each breakdown (131072 for the float16 sum overflow)
+        StabilityPreset("check", "the contract checks: every family at rows of 10 and 257 (wide rows at 131072)",
+                        lengths=(10, 257), long_lengths=(131072,), rows=3, thresholds=False),
+    )
+}

@@ -197,6 +197,10 @@ class Run:
         })
         _write_json_atomic(self.path / "run.json", self.info)
 
+    def save_info(self) -> None:
+        """Write self.info back to run.json (after a study adds its own settings to it)."""
+        _write_json_atomic(self.path / "run.json", self.info)
+
     # -- writing --------------------------------------------------------------------------------
     def csv_path(self, table: str) -> Path:
         return self.path / f"{table}.csv"

@@ -1,0 +1,576 @@
+"""Run folders -> a readable report, and a regression gate between two runs.
+
+    softmax-bench report results/<run>                       # -> reports/<run>/index.md and index.html
+    softmax-bench report results/<cpu-run> results/<gpu-run> --out reports/cpu-and-h100
+    softmax-bench compare results/<base> results/<new> --threshold 10%    # exit 1 on a regression
+    python -m bench.report check reports/<name>              # open index.html in headless Chromium
+
+The report reads only stored rows (bench/results.py), so any report can be regenerated and runs from
+several machines merge into one: every row keeps its run, host and device name. index.md (GitHub: pipe
+tables, relative PNG links) and index.html (one self-contained file, PNGs inlined as data: URIs) are
+written from the same list of blocks, which is built from the pandas tables in bench/report_tables.py.
+
+`compare` exits 0 when NEW is no worse than BASE, 1 on a regression, 2 on bad input (CI gate). A point
+counts as slower only when its median grew by more than --threshold AND NEW's p20 lies above BASE's p80,
+so run-to-run noise that the spreads cover never fails a build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import UserError
+from bench import report_tables as T
+from bench.presets import FASHION_LABELS, REGIMES
+
+REPORTS_DIR = Path("reports")
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;white-space:nowrap}th{background:#f2f2f2}
+tr:nth-child(even) td{background:#fafafa}figure{margin:1em 0}img{max-width:100%;height:auto}
+figcaption{font-size:.9em;color:#555}.missing{background:#fff4e5;border-left:4px solid #f0a020;padding:.4em .8em}
+code{background:#f2f2f2;padding:0 .2em}
+"""
+
+
+# --- the document: one list of blocks, two writers --------------------------------------------------------
+
+@dataclass
+class Doc:
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def h(self, text: str) -> None:
+        self.blocks.append(("h", text))
+
+    def h3(self, text: str) -> None:
+        self.blocks.append(("h3", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def ul(self, items: list[str], css: str = "") -> None:
+        if items:
+            self.blocks.append(("ul", (items, css)))
+
+    def table(self, df: pd.DataFrame, caption: str = "") -> None:
+        if df is not None and not df.empty:
+            self.blocks.append(("table", (df, caption)))
+
+    def figure(self, path: Path | None, caption: str) -> None:
+        if path is not None:
+            self.blocks.append(("fig", (path, caption)))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for kind, value in self.blocks:
+            if kind == "h":
+                out += [f"## {value}", ""]
+            elif kind == "h3":
+                out += [f"### {value}", ""]
+            elif kind == "p":
+                out += [value, ""]
+            elif kind == "ul":
+                out += [f"- {item}" for item in value[0]] + [""]
+            elif kind == "table":
+                df, caption = value
+                out += ([f"*{caption}*", ""] if caption else []) + [T.to_markdown(df), ""]
+            elif kind == "fig":
+                path, caption = value
+                out += [f"![{caption}]({path.name})", "", f"*{caption}*", ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        body = [f"<h1>{_inline(self.title)}</h1>"]
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h2>{_inline(value)}</h2>")
+            elif kind == "h3":
+                body.append(f"<h3>{_inline(value)}</h3>")
+            elif kind == "p":
+                body.append(f"<p>{_inline(value)}</p>")
+            elif kind == "ul":
+                items, css = value
+                cls = f' class="{css}"' if css else ""
+                body.append(f"<ul{cls}>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            elif kind == "table":
+                df, caption = value
+                body.append((f"<p><em>{_inline(caption)}</em></p>" if caption else "") + T.to_html(df))
+            elif kind == "fig":
+                path, caption = value
+                data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{_inline(caption)}</figcaption></figure>")
+        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+                f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n"
+                + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code> (the only markdown the blocks use)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
+
+
+# --- building the report ----------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "device"
+
+
+def _steps_per_epoch(bundle: T.Bundle) -> dict[str, float]:
+    """Minibatches per epoch per regime (from run.json presets, else the named regime), to place divergence."""
+    out: dict[str, float] = {}
+    n_train = 60000
+    for run in bundle.runs:
+        for cmd in run.info.get("commands") or []:
+            regimes = ((cmd.get("presets") or {}).get("training") or {}).get("regimes") or {}
+            for name, preset in regimes.items():
+                if isinstance(preset, dict) and preset.get("batch_size"):
+                    out.setdefault(name, math.ceil(n_train / float(preset["batch_size"])))
+    for name, regime in REGIMES.items():
+        out.setdefault(name, math.ceil(n_train / regime.batch_size))
+    return out
+
+
+def build(bundle: T.Bundle, out: Path) -> Doc:
+    """Write the figures into `out` and return the document that refers to them."""
+    from bench import report_figures as F
+
+    names = ", ".join(r.name for r in bundle.runs)
+    doc = Doc(f"softmax-bench report: {names}")
+    palette = F._palette(T.variants_in(bundle))
+    doc.p("Softmax and cross-entropy variants measured three ways: throughput against the device's own copy "
+          "bandwidth, numerical stability against a high-precision reference, and final accuracy of the d2l "
+          "chapter's softmax regression on Fashion-MNIST. Every number below is read from the stored rows of "
+          "the run folders listed here; the tidy rows themselves are in `data/`.")
+
+    doc.h("Machines and versions")
+    doc.table(T.machines(bundle))
+    doc.table(T.commands(bundle), "Commands that wrote into the run folders")
+    missing = bundle.missing()
+    if missing or bundle.problems:
+        doc.h("What is missing or damaged")
+        doc.ul(missing, "missing")
+        doc.ul(bundle.problems, "missing")
+
+    doc.h("Verdict")
+    doc.p("One row per variant. % roofline is the effective bandwidth over the copy bandwidth the same device "
+          "measured in the same run; × torch is torch's median time over the variant's (above 1 is faster). "
+          "Thresholds are the largest logit magnitude still handled correctly; test accuracy is after the last "
+          "epoch of each regime.")
+    doc.table(T.verdict(bundle))
+
+    # -- throughput
+    doc.h("Throughput")
+    wide = T.throughput_wide(bundle)
+    failures = T.throughput_failures(bundle)
+    if not bundle.has("throughput"):
+        doc.p("No run holds throughput.csv: not measured (run `softmax-bench throughput --resume RUN`).")
+    else:
+        doc.ul(T.throughput_reading(wide, failures))
+        formulas = _byte_formulas()
+        if formulas:
+            doc.p("Bytes each op must move (effective bandwidth = these bytes / median time):")
+            doc.ul(formulas)
+        for dev in sorted(set(wide["device_name"])) if not wide.empty else []:
+            slug = _slug(dev)
+            doc.h3(f"{dev}")
+            doc.figure(F.bandwidth(wide, dev, palette, out / f"bandwidth-{slug}.png"),
+                       f"Effective bandwidth vs row length on {dev}, per dtype and op; dashed: measured copy "
+                       "bandwidth (the roofline). Where several shapes share a row length, the one with most rows.")
+            doc.figure(F.speedup(wide, dev, palette, out / f"speedup-{slug}.png"),
+                       f"Speed relative to torch on {dev} at every measured shape (log scale; above 1 is faster).")
+        if not wide.empty:
+            for dtype in _ordered(set(wide["dtype"]), ("float32", "bfloat16", "float16", "float64")):
+                for op in sorted(set(wide["op"])):
+                    doc.table(T.throughput_table(wide, dtype, op),
+                              f"{dtype} {op}: GB/s (% of copy bandwidth, × torch)")
+        doc.table(failures, "Points that could not be measured")
+
+    # -- stability
+    doc.h("Stability")
+    cells = T.stability_cells(bundle)
+    if not bundle.has("stability"):
+        doc.p("No run holds stability.csv: not measured (run `softmax-bench stability --resume RUN`).")
+    else:
+        doc.ul(T.stability_reading(cells, bundle))
+        for dev in sorted(set(cells["device_name"])):
+            doc.figure(F.stability_heatmap(cells, dev, out / f"stability-{_slug(dev)}.png"),
+                       f"Stability on {dev}: pass (green) or fail (red) per variant, input family and dtype; "
+                       "the number is the largest relative error in units of the dtype's unit roundoff u.")
+        doc.table(T.stability_table(cells), "Per family: result and largest relative error (units of u)")
+    if bundle.has("thresholds"):
+        doc.figure(F.thresholds(bundle.tables["thresholds"], palette, out / "thresholds.png"),
+                   "Thresholds: the largest logit magnitude at which each variant's output is still finite and "
+                   "within tolerance, per dtype.")
+        doc.table(T.thresholds_table(bundle), "Thresholds per variant, op, kind and dtype")
+        doc.table(T.probes(bundle), "The probe rows the thresholds were searched on")
+    elif bundle.has("stability"):
+        doc.p("No run holds thresholds.csv: overflow/underflow thresholds were not searched.")
+
+    # -- training
+    doc.h("Training")
+    final = T.training_final(bundle)
+    if not bundle.has("training"):
+        doc.p("No run holds training.csv: not trained (run `softmax-bench train --regime all --resume RUN`).")
+    else:
+        doc.ul(T.training_reading(final))
+        doc.figure(F.training_curves(bundle.tables["training"], final, _steps_per_epoch(bundle), palette,
+                                     out / "training.png"),
+                   "Train loss (log scale), train accuracy and test accuracy per epoch, one column per regime; "
+                   "✕ marks where a run's loss first became non-finite.")
+        doc.table(T.training_table(final), "Last epoch of every training run")
+    pr = bundle.tables["predictions"]
+    if not pr.empty:
+        grid = _grid_rows(pr)
+        doc.figure(F.prediction_grid(grid, FASHION_LABELS, out / "predictions.png"),
+                   "The chapter's predict_ch3: the first test images, true and predicted labels.")
+        doc.table(T.predictions_table(bundle), "Predictions of every variant on the same images (✗ = wrong)")
+    elif bundle.has("training"):
+        doc.p("No predictions.csv: the prediction grid is not shown.")
+    return doc
+
+
+def _ordered(values: set[str], preferred: tuple[str, ...]) -> list[str]:
+    return [v for v in preferred if v in values] + sorted(values - set(preferred))
+
+
+def _grid_rows(pr: pd.DataFrame) -> pd.DataFrame:
+    """The chapter's own picture: the standard regime, the chapter's naive variant if present."""
+    d = pr[pr["regime"] == "standard"] if (pr["regime"] == "standard").any() else pr
+    variant = "naive" if (d["variant"] == "naive").any() else sorted(set(d["variant"]))[0]
+    d = d[d["variant"] == variant]
+    first = d.iloc[0]
+    return d[(d["run"] == first["run"]) & (d["device"] == first["device"]) & (d["dtype"] == first["dtype"])
+             & (d["seed"] == first["seed"])]
+
+
+def _byte_formulas() -> list[str]:
+    """The throughput study's byte formulas, when it publishes them (bench.throughput.BYTE_FORMULAS)."""
+    try:
+        from bench import throughput
+    except Exception:
+        return []
+    formulas = getattr(throughput, "BYTE_FORMULAS", None)
+    if isinstance(formulas, dict):
+        return [f"{op}: `{text}`" for op, text in formulas.items()]
+    return []
+
+
+def render(runs: list[Path | str], out: Path | str | None = None) -> Path:
+    """Render run folders into `out` (default reports/<first run name>); returns the index.md path."""
+    bundle = T.load(runs)
+    if out is None:
+        name = bundle.runs[0].name + (f"-and-{len(bundle.runs) - 1}-more" if len(bundle.runs) > 1 else "")
+        out = REPORTS_DIR / name
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.png"):  # figures from an earlier render that this one may not redraw
+        stale.unlink()
+    doc = build(bundle, out)
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    for table, df in bundle.tables.items():
+        if not df.empty:
+            df.to_csv(data / f"{table}.csv", index=False)
+    (out / "index.md").write_text(doc.markdown())
+    (out / "index.html").write_text(doc.html())
+    return out / "index.md"
+
+
+# --- the report command -------------------------------------------------------------------------------------
+
+def add_arguments_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (results/<timestamp>-<host>)")
+    parser.add_argument("--out", metavar="DIR", help="report folder (default: reports/<first run name>)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    index = render(args.runs, args.out)
+    bundle_problems = index.parent / "index.md"
+    text = bundle_problems.read_text()
+    if "## What is missing or damaged" in text:
+        print("softmax-bench report: some parts are missing or damaged; the report says which.", file=sys.stderr)
+    print(f"report: {index} and {index.parent / 'index.html'}")
+    return 0
+
+
+# --- compare: the regression gate ---------------------------------------------------------------------------
+
+def parse_threshold(text: str) -> float:
+    """'10%', '10' or '0.1' -> 0.1."""
+    s = str(text).strip()
+    try:
+        value = float(s.rstrip("%"))
+    except ValueError:
+        raise UserError(f"--threshold {text!r} is not a number; write it like 10% or 0.1.") from None
+    if s.endswith("%") or value >= 1:
+        value /= 100
+    if not (0 <= value < 10) or math.isnan(value):
+        raise UserError(f"--threshold {text!r} is out of range; write a percentage like 10%.")
+    return value
+
+
+def judge_speed(base: dict[str, float], new: dict[str, float], threshold: float) -> str:
+    """'slower', 'faster', 'same', or 'slower (median only)' for one point.
+
+    `base` and `new` hold median_s and, when stored, p20_s and p80_s. Slower needs the median to grow by more
+    than `threshold` and NEW's p20 to lie above BASE's p80 (the spreads do not overlap); without stored
+    quantiles the median alone decides and the verdict says so.
+    """
+    bm, nm = base.get("median_s", math.nan), new.get("median_s", math.nan)
+    if not (bm > 0 and nm > 0):
+        return "n/a"
+    spreads = all(not math.isnan(d.get(k, math.nan)) for d in (base, new) for k in ("p20_s", "p80_s"))
+    if nm > bm * (1 + threshold):
+        if not spreads:
+            return "slower (median only)"
+        return "slower" if new["p20_s"] > base["p80_s"] else "same"
+    if nm * (1 + threshold) < bm:
+        if not spreads:
+            return "faster (median only)"
+        return "faster" if new["p80_s"] < base["p20_s"] else "same"
+    return "same"
+
+
+SPEED_REGRESSIONS = ("slower", "slower (median only)", "newly failing")
+KEY = ["variant", "device", "dtype", "op", "rows", "cols"]
+
+
+def compare_throughput(base: T.Bundle, new: T.Bundle, threshold: float) -> pd.DataFrame:
+    def points(b: T.Bundle) -> dict[tuple, dict[str, float]]:
+        out: dict[tuple, dict[str, float]] = {}
+        tp = b.tables["throughput"]
+        for _, r in tp.iterrows():
+            k = tuple(str(r[c]) for c in KEY)
+            d = out.setdefault(k, {"status": "ok"})
+            if r["status"] != "ok":
+                d["status"] = r["status"]
+            elif r["metric"] in ("median_s", "p20_s", "p80_s") and not T._nan(r["value"]):
+                d[r["metric"]] = float(r["value"])
+        return out
+
+    b, n = points(base), points(new)
+    rows = []
+    for k in sorted(set(b) & set(n), key=lambda k: (k[0], k[1], k[2], k[3], int(k[4]) * int(k[5]))):
+        bb, nn = b[k], n[k]
+        if bb["status"] == "ok" and nn["status"] != "ok":
+            verdict = "newly failing"
+        elif bb["status"] != "ok" and nn["status"] == "ok":
+            verdict = "fixed"
+        elif bb["status"] != "ok":
+            verdict = f"still {nn['status']}"
+        else:
+            verdict = judge_speed(bb, nn, threshold)
+        bm, nm = bb.get("median_s", math.nan), nn.get("median_s", math.nan)
+
+        def spread(d: dict[str, float]) -> str:
+            return f"{_us(d.get('p20_s'))}–{_us(d.get('p80_s'))}" if "p20_s" in d else "—"
+
+        rows.append({"variant": k[0], "device": k[1], "dtype": k[2], "op": k[3], "shape": f"{k[4]}×{k[5]}",
+                     "base median µs": _us(bm) if bb["status"] == "ok" else bb["status"],
+                     "new median µs": _us(nm) if nn["status"] == "ok" else nn["status"],
+                     "change": f"{100 * (nm / bm - 1):+.1f}%" if bm > 0 and nm > 0 else "—",
+                     "base p20–p80": spread(bb), "new p20–p80": spread(nn), "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def _us(seconds: Any) -> str:
+    return "—" if T._nan(seconds) else f"{float(seconds) * 1e6:.4g}"
+
+
+def compare_stability(base: T.Bundle, new: T.Bundle) -> pd.DataFrame:
+    key = ["variant", "device", "dtype", "family"]
+    b = T.stability_cells(base).set_index(key)
+    n = T.stability_cells(new).set_index(key)
+    common = b.index.intersection(n.index)
+    rows = []
+    for k in sorted(common):
+        br, nr = b.loc[k, "result"], n.loc[k, "result"]
+        br, nr = (br.iloc[0], nr.iloc[0]) if isinstance(br, pd.Series) else (br, nr)
+        if br == "pass" and nr in ("fail", "error"):
+            verdict = f"newly {'fails' if nr == 'fail' else 'errors'}"
+        elif br in ("fail", "error") and nr == "pass":
+            verdict = "now passes"
+        else:
+            verdict = "same"
+        rows.append(dict(zip(key, k)) | {"base": br, "new": nr, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def compare_training(base: T.Bundle, new: T.Bundle, acc_tolerance: float) -> pd.DataFrame:
+    key = ["variant", "regime", "device", "dtype", "seed"]
+    b = T.training_final(base)
+    n = T.training_final(new)
+    if b.empty or n.empty:
+        return pd.DataFrame()
+    m = b.merge(n, on=key, suffixes=("_b", "_n"))
+    rows = []
+    for _, r in m.iterrows():
+        drop = r["test_acc_b"] - r["test_acc_n"]
+        if r["status_b"] == "ok" and r["status_n"] != "ok":
+            verdict = f"newly {r['status_n']}"
+        elif r["diverged_n"] and not r["diverged_b"]:
+            verdict = "newly diverges"
+        elif not T._nan(drop) and drop > acc_tolerance:
+            verdict = "accuracy dropped"
+        elif T._nan(r["test_acc_n"]) and not T._nan(r["test_acc_b"]):
+            verdict = "accuracy dropped"
+        else:
+            verdict = "same"
+        rows.append({k: r[k] for k in key} | {
+            "base test acc": T.fmt(r["test_acc_b"]) + (" (diverged)" if r["diverged_b"] else ""),
+            "new test acc": T.fmt(r["test_acc_n"]) + (" (diverged)" if r["diverged_n"] else ""),
+            "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE", help="the reference run folder")
+    parser.add_argument("new", metavar="NEW", help="the run folder to check against it")
+    parser.add_argument("--threshold", default="10%",
+                        help="how much slower the median may get before it counts (default: %(default)s)")
+    parser.add_argument("--acc-tolerance", type=float, default=0.02,
+                        help="largest allowed drop of final test accuracy, absolute (default: %(default)s)")
+    parser.add_argument("--all", action="store_true", help="print unchanged points too")
+
+
+REGRESSION = re.compile(r"^(slower|newly)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    threshold = parse_threshold(args.threshold)
+    if not (0 <= args.acc_tolerance <= 1):
+        raise UserError(f"--acc-tolerance {args.acc_tolerance} must lie between 0 and 1 (an accuracy difference).")
+    base, new = T.load([args.base]), T.load([args.new])
+    if base.runs[0].path.resolve() == new.runs[0].path.resolve():
+        print("compare: BASE and NEW are the same folder.", file=sys.stderr)
+    parts = {"throughput": compare_throughput(base, new, threshold),
+             "stability": compare_stability(base, new),
+             "training": compare_training(base, new, args.acc_tolerance)}
+    for problem in base.problems + new.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if all(df.empty for df in parts.values()):
+        raise UserError(f"{args.base} and {args.new} share no measurement (no common variant, device, dtype and "
+                        f"shape/family/regime), so there is nothing to compare; compare runs of the same study.")
+    regressions = 0
+    for name, df in parts.items():
+        if df.empty:
+            print(f"\n== {name}: nothing in common\n")
+            continue
+        bad = df["verdict"].astype(str).str.match(REGRESSION)
+        regressions += int(bad.sum())
+        shown = df if args.all else df[df["verdict"] != "same"]
+        print(f"\n== {name}: {len(df)} compared, {int(bad.sum())} regressions, "
+              f"{int((df['verdict'] == 'same').sum())} unchanged")
+        if not shown.empty:
+            print(shown.to_string(index=False))
+    if any("median only" in str(v) for v in parts["throughput"].get("verdict", [])):
+        print("\nnote: some throughput rows lack p20_s/p80_s, so their verdict rests on the median alone.")
+    print(f"\ncompare: {regressions} regression(s) with threshold {threshold:.0%} "
+          f"and accuracy tolerance {args.acc_tolerance}" + ("" if regressions else ": OK"))
+    return 1 if regressions else 0
+
+
+# --- what a person sees: headless Chromium -------------------------------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def browser_check(report: Path | str, screenshot: Path | str | None = None, timeout: int = 120) -> int:
+    """Open report/index.html in headless Chromium, dump the DOM and take a screenshot.
+
+    Fails (returns 1) when the browser cannot load the page, or an <img> is missing, external, or not a
+    decodable PNG, or the DOM lacks the report's sections. Run through `make check-report`.
+    """
+    import matplotlib.image as mpimg
+
+    report = Path(report)
+    page = report / "index.html" if report.is_dir() else report
+    if not page.is_file():
+        raise UserError(f"{page} does not exist; render a report first (softmax-bench report RUN).")
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        raise UserError("no Chromium found; `make check-report` installs Debian's chromium (as root).")
+    shot = Path(screenshot) if screenshot else Path("results") / "check-report" / f"{page.parent.name}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    expected = len(re.findall(r"!\[[^\]]*\]\([^)]+\.png\)", (page.parent / "index.md").read_text())) \
+        if (page.parent / "index.md").exists() else None
+    with tempfile.TemporaryDirectory(prefix="softmax-bench-chromium-") as profile:
+        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--hide-scrollbars"]
+        url = page.resolve().as_uri()
+        dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=timeout)
+        snap = subprocess.run(flags + [f"--screenshot={shot.resolve()}", "--window-size=1400,2400", url],
+                              capture_output=True, text=True, timeout=timeout)
+    errors = []
+    if dom.returncode != 0 or "<h1>" not in dom.stdout:
+        errors.append(f"the page did not load (exit {dom.returncode}): {dom.stderr.strip()[-500:]}")
+    images = re.findall(r"<img\b[^>]*>", dom.stdout)
+    for i, tag in enumerate(images, 1):
+        src = re.search(r'src="([^"]*)"', tag)
+        if not src or not src.group(1).startswith("data:image/png;base64,"):
+            errors.append(f"image {i} is not an inlined PNG: {tag[:120]}")
+            continue
+        try:
+            import io
+
+            pixels = mpimg.imread(io.BytesIO(base64.b64decode(src.group(1).split(",", 1)[1])), format="png")
+            if pixels.shape[0] < 50 or pixels.shape[1] < 50:
+                errors.append(f"image {i} is only {pixels.shape[1]}×{pixels.shape[0]} pixels")
+        except Exception as exc:
+            errors.append(f"image {i} does not decode as PNG: {exc}")
+    if expected is not None and len(images) != expected:
+        errors.append(f"index.md links {expected} figures but the page shows {len(images)}")
+    if re.search(r'<(?:script|link|img)\b[^>]*(?:src|href)="(?:https?:)?//', dom.stdout):
+        errors.append("the page refers to something outside itself")
+    if snap.returncode != 0 or not shot.exists() or shot.stat().st_size == 0:
+        errors.append(f"no screenshot was written (exit {snap.returncode}): {snap.stderr.strip()[-300:]}")
+    for e in errors:
+        print(f"check-report: {e}", file=sys.stderr)
+    print(f"check-report: {page}: {len(images)} images, {'FAILED' if errors else 'OK'}; screenshot {shot}")
+    return 1 if errors else 0
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description="open a report in headless Chromium")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("check", help="load index.html in headless Chromium; non-zero if it or an image fails")
+    p.add_argument("report", nargs="?", help="report folder (default: the most recently written under reports/)")
+    p.add_argument("--screenshot", help="where to write the screenshot (default: results/check-report/NAME.png)")
+    args = parser.parse_args(argv)
+    try:
+        report = args.report
+        if not report:
+            pages = sorted(REPORTS_DIR.glob("*/index.html"), key=lambda p: p.stat().st_mtime)
+            if not pages:
+                raise UserError("no report under reports/; render one with softmax-bench report RUN.")
+            report = pages[-1].parent
+        return browser_check(report, args.screenshot)
+    except UserError as exc:
+        print(f"check-report: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,569 @@
+"""softmax-bench throughput: every variant timed against the same device's copy bandwidth (its roofline).
+
+    softmax-bench throughput --quick            # under a minute on a 2-core CPU
+    softmax-bench throughput                    # the `default` preset on cpu; `gpu` with --device cuda
+    softmax-bench throughput --device cuda:0 --cuda-graph
+    softmax-bench throughput --variant torch --variant naive --op softmax_fwd --shape 4096x4096 --dtype float32
+    softmax-bench throughput --resume results/<run>   # complete an interrupted run, nothing redone
+
+From code (what `softmax-bench all` calls), into a run folder that already exists:
+
+    from bench.throughput import throughput_into
+    from bench.presets import THROUGHPUT_PRESETS
+    rows = throughput_into(run, softmax_impls.all_variants(), torch.device("cpu"), THROUGHPUT_PRESETS["quick"])
+
+A *unit* is one (variant, op, rows x cols, dtype) on one device. For each unit the inputs are built, the
+first call is timed alone (compilation, lazy init: recorded as ``first_call_s``, never a sample), then
+bench.timing samples it; peak memory is taken in a separate, untimed call. Its rows go to ``throughput.csv``
+(one metric per row, see :data:`METRICS`) the moment it is done, so a killed sweep keeps every finished
+unit and ``--resume RUN`` measures only what is missing. A unit that cannot run is one row (metric
+``median_s``, no value) with status ``skipped`` (device/dtype unsupported), ``oom`` or ``error``.
+
+Effective bandwidth uses the fewest bytes each op must move (:data:`OPS`, formulas below; e = element size):
+
+    softmax_fwd      2·M·N·e            read x, write y
+    softmax_fwd_bwd  5·M·N·e            forward: read x, write y; backward: read y and dy, write dx
+    ce_fwd           M·N·e + M·(8 + e)  read logits and int64 targets, write the per-sample loss
+    ce_fwd_bwd       3·M·N·e + M·(16 + 2e)  forward: read logits; backward: read logits again, write dlogits;
+                                        targets read twice, loss written and its gradient read
+
+``roofline_frac`` divides it by ``copy_gbps``: ``dst.copy_(src)`` of one input-sized buffer on the same
+device, timed the same way in the same run (the same cache regime: a 10 KB tensor is compared with a copy
+in cache, a 512 MB one with a copy from DRAM). ``speedup_vs_torch`` is the `torch` variant's median over
+this one, both measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bench import UserError
+from bench.devices import DTYPES, dtype_name, dtype_skip_reason
+from bench.harness import add_common_arguments, classify_failure, device_from, open_run, select_variants
+from bench.presets import (
+    THROUGHPUT_OPS,
+    THROUGHPUT_PRESETS,
+    SweepBlock,
+    ThroughputPreset,
+    TimerBudget,
+    as_dict,
+    pick,
+)
+from bench.progress import each, log
+from bench.results import Run, ThroughputRow
+from bench.timing import Measurement, keep_freed_memory, peak_memory, time_call, timer_overhead
+from softmax_impls import Variant
+
+TABLE = "throughput"
+BASELINE = "torch"  # every row's speedup is against this variant
+UNIT_KEY = ("variant", "device", "dtype", "op", "rows", "cols")
+ROW_KEY = (*UNIT_KEY, "metric")
+TARGET_BYTES = 8  # int64 class indices
+
+
+# --- ops: what is timed, and the fewest bytes it must move ----------------------------------------
+
+@dataclass(frozen=True)
+class Inputs:
+    x: torch.Tensor  # [M, N] logits / scores
+    dy: torch.Tensor | None = None  # softmax_fwd_bwd: the incoming gradient of y
+    target: torch.Tensor | None = None  # ce_*: int64 class indices [M]
+    dloss: torch.Tensor | None = None  # ce_fwd_bwd: the incoming gradient of the per-sample loss [M]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    description: str
+    formula: str  # the byte formula as the report prints it (M rows, N cols, e bytes per element)
+    min_bytes: Callable[[int, int, int], int]  # (M, N, e) -> fewest bytes the op must move
+    make_inputs: Callable[[int, int, torch.dtype, torch.device], Inputs]
+    closure: Callable[[Variant, Inputs], Callable[[], object]]  # the zero-argument call that is timed
+
+
+def _x(m: int, n: int, dtype: torch.dtype, device: torch.device, grad: bool = False) -> torch.Tensor:
+    return torch.randn(m, n, device=device).to(dtype).requires_grad_(grad)
+
+
+def _softmax_fwd(v: Variant, a: Inputs) -> Callable[[], object]:
+    x = a.x
+    return lambda: v.softmax(x, dim=-1)
+
+
+def _softmax_fwd_bwd(v: Variant, a: Inputs) -> Callable[[], object]:
+    x, dy = a.x, a.dy
+
+    def step() -> object:
+        # autograd.grad returns a fresh dx instead of accumulating into x.grad (no extra read-modify-write)
+        return torch.autograd.grad(v.softmax(x, dim=-1), x, dy)[0]
+    return step
+
+
+def _ce_fwd(v: Variant, a: Inputs) -> Callable[[], object]:
+    x, t = a.x, a.target
+    return lambda: v.cross_entropy(x, t)
+
+
+def _ce_fwd_bwd(v: Variant, a: Inputs) -> Callable[[], object]:
+    x, t, dloss = a.x, a.target, a.dloss
+
+    def step() -> object:
+        return torch.autograd.grad(v.cross_entropy(x, t), x, dloss)[0]
+    return step
+
+
+def _targets(m: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.randint(0, n, (m,), device=device, dtype=torch.int64)
+
+
+OPS: dict[str, Op] = {
+    "softmax_fwd": Op(
+        "softmax_fwd", "softmax(x) along the last dim",
+        "2·M·N·e (read x, write y)",
+        lambda m, n, e: 2 * m * n * e,
+        lambda m, n, dt, dev: Inputs(_x(m, n, dt, dev)),
+        _softmax_fwd),
+    "softmax_fwd_bwd": Op(
+        "softmax_fwd_bwd", "y = softmax(x), then dx from dy through autograd",
+        "5·M·N·e (forward: read x, write y; backward: read y and dy, write dx)",
+        lambda m, n, e: 5 * m * n * e,
+        lambda m, n, dt, dev: Inputs(_x(m, n, dt, dev, grad=True), dy=_x(m, n, dt, dev)),
+        _softmax_fwd_bwd),
+    "ce_fwd": Op(
+        "ce_fwd", "per-sample cross-entropy of logits [M, N] and int64 targets [M]",
+        "M·N·e + M·(8 + e) (read logits and int64 targets, write the per-sample loss)",
+        lambda m, n, e: m * n * e + m * (TARGET_BYTES + e),
+        lambda m, n, dt, dev: Inputs(_x(m, n, dt, dev), target=_targets(m, n, dev)),
+        _ce_fwd),
+    "ce_fwd_bwd": Op(
+        "ce_fwd_bwd", "per-sample cross-entropy, then dlogits from dloss through autograd",
+        "3·M·N·e + M·(16 + 2e) (forward: read logits; backward: read logits again, write dlogits; "
+        "targets read twice, loss written, its gradient read)",
+        lambda m, n, e: 3 * m * n * e + m * (2 * TARGET_BYTES + 2 * e),
+        lambda m, n, dt, dev: Inputs(_x(m, n, dt, dev, grad=True), target=_targets(m, n, dev),
+                                     dloss=torch.ones(m, device=dev, dtype=dt)),
+        _ce_fwd_bwd),
+}
+assert tuple(OPS) == THROUGHPUT_OPS
+
+# What the report prints beside its tables.
+BYTE_FORMULAS: dict[str, str] = {name: op.formula for name, op in OPS.items()}
+
+# Metric -> unit, in the order an ok unit writes them. The last one marks a unit as complete on --resume.
+METRICS: dict[str, str] = {
+    "median_s": "s", "p20_s": "s", "p80_s": "s", "iqr_s": "s", "cv": "ratio", "unstable": "flag",
+    "reps": "count", "first_call_s": "s", "gbps": "GB/s", "copy_gbps": "GB/s", "roofline_frac": "ratio",
+    "speedup_vs_torch": "ratio", "peak_bytes": "bytes", "threads": "count", "overhead_s": "s",
+}
+REPEAT_METRICS: dict[str, str] = {"repeat_median_s": "s", "repeat_diff_frac": "ratio"}
+
+
+def expected_metrics(repeat: bool) -> list[str]:
+    """The metric names an ok unit writes (a unit marked for a repeat writes two more)."""
+    return list(METRICS) + (list(REPEAT_METRICS) if repeat else [])
+
+
+# --- the plan: which units, in which order --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    variant: str
+    op: str
+    rows: int
+    cols: int
+    dtype: str
+    timer: TimerBudget
+    repeat: bool = False
+
+    def label(self) -> str:
+        return f"{self.variant} {self.op} {self.rows}x{self.cols} {self.dtype}"
+
+
+def plan(preset: ThroughputPreset, variant_names: Sequence[str], ops: Sequence[str] | None = None,
+         dtypes: Sequence[str] | None = None, shapes: Sequence[tuple[int, int]] | None = None) -> list[Unit]:
+    """Every unit of the preset, in sweep order; `ops`/`dtypes`/`shapes` replace the preset's lists.
+
+    Within one (shape, dtype, op) the baseline `torch` comes first, so every other variant's speedup is
+    against a measurement taken just before it.
+    """
+    ordered = sorted(dict.fromkeys(variant_names), key=lambda name: (name != BASELINE,))
+    repeats = {(r.variant, r.op, r.rows, r.cols, r.dtype) for r in preset.repeats}
+    units: dict[tuple, Unit] = {}
+    for block in preset.blocks:
+        block = SweepBlock(tuple(ops) if ops else block.ops, tuple(shapes) if shapes else block.shapes,
+                           tuple(dtypes) if dtypes else block.dtypes, block.timer)
+        for rows, cols in block.shapes:
+            for dtype in block.dtypes:
+                for op in block.ops:
+                    for name in ordered:
+                        key = (name, op, rows, cols, dtype)
+                        if key not in units:
+                            units[key] = Unit(name, op, rows, cols, dtype, block.timer or preset.timer,
+                                              repeat=key in repeats)
+    return list(units.values())
+
+
+# --- measuring -------------------------------------------------------------------------------------
+
+def _mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class _Sweep:
+    """State shared by the units of one sweep: baselines, copy bandwidths, what the run already holds."""
+
+    def __init__(self, run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset,
+                 flush_l2: bool, cuda_graph: bool):
+        self.run, self.device, self.preset = run, device, preset
+        self.flush_l2, self.cuda_graph = flush_l2, cuda_graph
+        self.variants = {v.name: v for v in variants}
+        self.dev = str(device)
+        self.copy: dict[tuple[str, int, int], tuple[float | None, str, str]] = {}
+        self.baseline: dict[tuple[str, str, int, int], float | None] = {}
+        self.have: dict[tuple[str, ...], dict[str, str]] = {}  # unit key -> {metric: status}
+        existing = run.read(TABLE)
+        for row in existing[existing["device"] == self.dev].itertuples(index=False):
+            unit_key = tuple(str(getattr(row, k)) for k in UNIT_KEY)
+            self.have.setdefault(unit_key, {})[row.metric] = row.status
+            if row.status != "ok" or row.value is None or (isinstance(row.value, float) and math.isnan(row.value)):
+                continue
+            # A resumed run compares against what this run measured before the interruption.
+            if row.metric == "copy_gbps":
+                self.copy.setdefault((row.dtype, int(row.rows), int(row.cols)), (float(row.value), "ok", ""))
+            if row.metric == "median_s" and row.variant == BASELINE:
+                self.baseline.setdefault((row.op, row.dtype, int(row.rows), int(row.cols)), float(row.value))
+        self.overhead: float | None = None
+
+    # -- resume bookkeeping
+    def unit_key(self, u: Unit) -> tuple[str, ...]:
+        return (u.variant, self.dev, u.dtype, u.op, str(u.rows), str(u.cols))
+
+    def missing(self, u: Unit) -> set[str] | None:
+        """None when the run already holds this unit completely; else the metrics it lacks (all if new)."""
+        have = self.have.get(self.unit_key(u), {})
+        if not have:
+            return set(expected_metrics(u.repeat))
+        if have.get("median_s", "ok") != "ok":
+            return None  # a one-row unit: skipped, oom or error
+        lacking = set(expected_metrics(u.repeat)) - set(have)
+        return lacking or None
+
+    # -- rows
+    def row(self, u: Unit, metric: str, value: float | None, unit: str, status: str = "ok",
+            message: str = "") -> ThroughputRow:
+        return ThroughputRow(u.variant, self.dev, u.dtype, u.op, u.rows, u.cols, metric, value, unit,
+                             status, message)
+
+    def failed(self, u: Unit, status: str, message: str) -> list[ThroughputRow]:
+        return [self.row(u, "median_s", None, "s", status, message)]
+
+    # -- measurements
+    def time(self, fn: Callable[[], object], timer: TimerBudget) -> Measurement:
+        return time_call(fn, self.device, timer, flush_l2=self.flush_l2, graph=self.cuda_graph)
+
+    def copy_bandwidth(self, u: Unit) -> tuple[float | None, str, str]:
+        """(GB/s, status, message) of dst.copy_(src) for one input-sized buffer; measured once per sweep."""
+        key = (u.dtype, u.rows, u.cols)
+        if key not in self.copy:
+            dtype = DTYPES[u.dtype]
+            try:
+                src = torch.randn(u.rows, u.cols, device=self.device).to(dtype)
+                dst = torch.empty_like(src)
+                m = time_call(lambda: dst.copy_(src), self.device, u.timer, flush_l2=self.flush_l2)
+                self.copy[key] = (2 * src.numel() * src.element_size() / m.stats.median / 1e9, "ok", "")
+                del src, dst
+            except Exception as exc:  # an OOM on the copy still lets the variant be timed
+                status, message = classify_failure(exc)
+                self.copy[key] = (None, status, f"copy bandwidth: {message}")
+        return self.copy[key]
+
+    def baseline_median(self, u: Unit) -> float | None:
+        """The `torch` median at this op/shape/dtype; timed here (rows not stored) if torch is not swept."""
+        key = (u.op, u.dtype, u.rows, u.cols)
+        if key not in self.baseline:
+            self.baseline[key] = None
+            if BASELINE not in self.variants:
+                try:
+                    import softmax_impls
+
+                    base = softmax_impls.get(BASELINE)
+                    op = OPS[u.op]
+                    inputs = op.make_inputs(u.rows, u.cols, DTYPES[u.dtype], self.device)
+                    self.baseline[key] = self.time(op.closure(base, inputs), u.timer).stats.median
+                    del inputs
+                except Exception:  # no baseline: the speedup row says so
+                    pass
+        return self.baseline[key]
+
+    def memory_guard(self, u: Unit) -> str | None:
+        if self.device.type != "cpu":
+            return None  # CUDA raises a clean OutOfMemoryError instead
+        available = _mem_available_bytes()
+        need = u.rows * u.cols * DTYPES[u.dtype].itemsize * (1 + self.preset.cpu_live_copies)
+        if available is not None and need > available:
+            return (f"not attempted: needs about {need / 1e9:.1f} GB (inputs + {self.preset.cpu_live_copies} "
+                    f"input-sized temporaries) but only {available / 1e9:.1f} GB is available; the OOM killer "
+                    f"would end the whole sweep")
+        return None
+
+    def measure(self, u: Unit) -> list[ThroughputRow]:
+        """All rows of one unit; never raises for a failing variant."""
+        variant = self.variants[u.variant]
+        dtype = DTYPES[u.dtype]
+        reason = variant.skip_reason(self.device, dtype) or dtype_skip_reason(self.device, dtype)
+        if reason:
+            return self.failed(u, "skipped", reason)
+        too_big = self.memory_guard(u)
+        if too_big:
+            return self.failed(u, "oom", too_big)
+
+        copy_gbps, copy_status, copy_msg = self.copy_bandwidth(u)
+        op = OPS[u.op]
+        inputs = fn = None
+        try:
+            torch.manual_seed(0)
+            inputs = op.make_inputs(u.rows, u.cols, dtype, self.device)
+            fn = op.closure(variant, inputs)
+            m = self.time(fn, u.timer)
+            again = self.time(fn, u.timer) if u.repeat else None
+            try:
+                peak: tuple[float | None, str, str] = (float(peak_memory(fn, self.device)), "ok", "")
+            except Exception as exc:  # e.g. no mallinfo2: the peak row says why, the timing stands
+                status, message = classify_failure(exc)
+                peak = (None, "skipped" if status == "error" else status, message)
+        except Exception as exc:
+            status, message = classify_failure(exc)
+            return self.failed(u, status, message)
+        finally:
+            del inputs, fn
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # big shapes: leave the next unit the whole memory
+
+        s = m.stats
+        if u.variant == BASELINE:
+            self.baseline[(u.op, u.dtype, u.rows, u.cols)] = s.median
+        gbps = op.min_bytes(u.rows, u.cols, dtype.itemsize) / s.median / 1e9
+        rows = [
+            self.row(u, "median_s", s.median, "s"),
+            self.row(u, "p20_s", s.p20, "s"),
+            self.row(u, "p80_s", s.p80, "s"),
+            self.row(u, "iqr_s", s.iqr, "s"),
+            self.row(u, "cv", s.cv, "ratio"),
+            self.row(u, "unstable", float(s.unstable), "flag",
+                     message=f"IQR is {s.rel_spread:.0%} of the median" if s.unstable else ""),
+            self.row(u, "reps", float(s.n), "count", message=f"{m.inner} call(s) per sample, timer {m.timer}"),
+            self.row(u, "first_call_s", m.first_call_s, "s"),
+            self.row(u, "gbps", gbps, "GB/s", message=op.formula),
+        ]
+        if copy_gbps is None:
+            rows += [self.row(u, "copy_gbps", None, "GB/s", copy_status, copy_msg),
+                     self.row(u, "roofline_frac", None, "ratio", copy_status, copy_msg)]
+        else:
+            rows += [self.row(u, "copy_gbps", copy_gbps, "GB/s"),
+                     self.row(u, "roofline_frac", gbps / copy_gbps, "ratio")]
+        base = s.median if u.variant == BASELINE else self.baseline_median(u)
+        if base is None:
+            rows.append(self.row(u, "speedup_vs_torch", None, "ratio", "skipped",
+                                 f"no `{BASELINE}` measurement at this op/shape/dtype in this run"))
+        else:
+            rows.append(self.row(u, "speedup_vs_torch", base / s.median, "ratio"))
+        rows.append(self.row(u, "peak_bytes", peak[0], "bytes", peak[1], peak[2]))
+        rows.append(self.row(u, "threads", float(m.threads), "count"))
+        rows.append(self.row(u, "overhead_s", self.overhead, "s",
+                             message="empty closure through the same timer, per call"))
+        if again is not None:
+            diff = abs(again.stats.median - s.median) / s.median
+            rows += [self.row(u, "repeat_median_s", again.stats.median, "s"),
+                     self.row(u, "repeat_diff_frac", diff, "ratio")]
+        return rows
+
+
+def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset, *,
+                    ops: Sequence[str] | None = None, dtypes: Sequence[str] | None = None,
+                    shapes: Sequence[tuple[int, int]] | None = None, flush_l2: bool = True,
+                    cuda_graph: bool = False, keep_memory: bool = True, summary: bool = True) -> list[ThroughputRow]:
+    """Sweep `variants` over `preset` on `device` into `run`'s throughput.csv; return the rows written now.
+
+    Units the run already holds (a --resume) are not measured again. keep_memory keeps glibc from unmapping
+    freed blocks (see bench.timing.keep_freed_memory). Prints the summary table at the end when `summary`.
+    """
+    if not variants:
+        raise UserError("no variants to measure.")
+    allocator = keep_freed_memory() if (keep_memory and device.type == "cpu") else "system allocator defaults"
+    run.info.setdefault("throughput", {})[str(device)] = {
+        "preset": preset.name, "allocator": allocator, "l2_flush": flush_l2, "cuda_graph": cuda_graph}
+    run.save_info()
+    sweep = _Sweep(run, variants, device, preset, flush_l2, cuda_graph)
+    units = plan(preset, [v.name for v in variants], ops, dtypes, shapes)
+    todo = [(u, missing) for u in units if (missing := sweep.missing(u)) is not None]
+    log(f"throughput: {len(todo)} of {len(units)} units to measure on {device} (preset {preset.name}, "
+        f"{allocator}, torch threads {torch.get_num_threads()}) into {run.path}")
+    if todo:
+        sweep.overhead = timer_overhead(device, preset.timer, flush_l2=flush_l2).median
+    written: list[ThroughputRow] = []
+    for u, missing in each(todo, desc="throughput", describe=lambda item: item[0].label()):
+        rows = sweep.measure(u)
+        if len(missing) < len(expected_metrics(u.repeat)):
+            rows = [r for r in rows if r.metric in missing]  # completing a unit cut mid-write: no duplicates
+        run.append(*rows)
+        written += rows
+        gc.collect()
+    if summary:
+        print(summary_table(run.read(TABLE), str(device)))
+    return written
+
+
+# --- the summary -----------------------------------------------------------------------------------
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _ok_value(table: dict[tuple, Any], key: tuple) -> float | None:
+    hit = table.get(key)
+    return None if hit is None or hit.status != "ok" else float(hit.value)
+
+
+def summary_table(df: pd.DataFrame, device: str | None = None) -> str:
+    """Variant x (op, shape, dtype): GB/s, % of copy bandwidth, speedup vs torch; then the run's checks.
+
+    A pure function of stored rows, so the same table prints for a resumed or merged run.
+    """
+    if device is not None:
+        df = df[df["device"] == device]
+    if df.empty:
+        return "no throughput rows."
+    variants = sorted(df["variant"].unique(), key=lambda name: (name != BASELINE, name))
+    cells: dict[tuple, dict[str, str]] = {}
+    value = {(r.variant, r.op, r.rows, r.cols, r.dtype, r.metric): r for r in df.itertuples(index=False)}
+    for (var, op, rows, cols, dtype, metric), r in value.items():
+        if metric != "median_s":
+            continue
+        key = (op, rows, cols, dtype)
+        if r.status != "ok":
+            text = r.status
+        else:
+            gbps, roof, speed = (_ok_value(value, (var, op, rows, cols, dtype, name))
+                                 for name in ("gbps", "roofline_frac", "speedup_vs_torch"))
+            text = f"{gbps:7.2f} " if gbps is not None else "      ? "
+            text += f"{roof:4.0%} " if roof is not None else "   ? "
+            text += f"{speed:4.2f}x" if speed is not None else "   ?x"
+        cells.setdefault(key, {})[var] = text
+    width = 19
+    head = f"{'op':16s} {'shape':>12s} {'dtype':9s} " + " ".join(f"{v[:width]:>{width}s}" for v in variants)
+    lines = [f"throughput on {device or 'all devices'}: GB/s (fewest bytes), % of copy bandwidth, speedup vs torch",
+             head, "-" * len(head)]
+    order = {op: i for i, op in enumerate(THROUGHPUT_OPS)}
+    for key in sorted(cells, key=lambda k: (order.get(k[0], 99), k[1] * k[2], k[1], k[3])):
+        op, rows, cols, dtype = key
+        lines.append(f"{op:16s} {f'{rows}x{cols}':>12s} {dtype:9s} "
+                     + " ".join(f"{cells[key].get(v, '-'):>{width}s}" for v in variants))
+
+    lines.append("")
+    for r in df[(df["metric"] == "repeat_diff_frac") & (df["status"] == "ok")].itertuples(index=False):
+        first = value.get((r.variant, r.op, r.rows, r.cols, r.dtype, "median_s"))
+        second = value.get((r.variant, r.op, r.rows, r.cols, r.dtype, "repeat_median_s"))
+        mb = int(r.rows) * int(r.cols) * DTYPES[r.dtype].itemsize / 1e6
+        if first is not None and second is not None:
+            lines.append(f"repeat: {r.variant} {r.op} {r.rows}x{r.cols} {r.dtype} ({mb:.0f} MB): median "
+                         f"{_fmt_time(float(first.value))} then {_fmt_time(float(second.value))}, "
+                         f"differ by {float(r.value):.1%} ({'within' if r.value <= 0.05 else 'NOT within'} 5%)")
+    overhead = df[(df["metric"] == "overhead_s") & (df["status"] == "ok")]["value"].dropna()
+    if not overhead.empty:
+        line = f"timer overhead: {_fmt_time(float(overhead.median()))} per call (empty closure, same timer)"
+        small = df[(df["metric"] == "median_s") & (df["status"] == "ok") & (df["rows"] * df["cols"] <= 4096)]
+        if not small.empty:
+            r = small.sort_values("value").iloc[0]
+            line += (f"; fastest small call: {r['variant']} {r['op']} {r['rows']}x{r['cols']} {r['dtype']} "
+                     f"{_fmt_time(float(r['value']))}")
+        lines.append(line)
+    flagged = df[(df["metric"] == "unstable") & (df["value"] == 1)]
+    if not flagged.empty:
+        names = ", ".join(f"{r.variant} {r.op} {r.rows}x{r.cols} {r.dtype}" for r in flagged.head(6).itertuples())
+        more = f" and {len(flagged) - 6} more" if len(flagged) > 6 else ""
+        lines.append(f"unstable (IQR > spread limit of the median; machine busy?): {len(flagged)}: {names}{more}")
+    bad = df[(df["metric"] == "median_s") & (df["status"] != "ok")]
+    if not bad.empty:
+        lines.append("not measured: " + ", ".join(f"{s} {n}" for s, n in bad["status"].value_counts().items()))
+    return "\n".join(lines)
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+_SHAPE = re.compile(r"^\s*(\d+)\s*[xX*,]\s*(\d+)\s*$")
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    match = _SHAPE.match(text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise UserError(f"--shape {text!r} is not ROWSxCOLS with positive integers, e.g. 4096x32768.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--preset", help=f"one of {', '.join(THROUGHPUT_PRESETS)} (default: quick with --quick, "
+                                         f"gpu on cuda, default otherwise)")
+    parser.add_argument("--op", action="append", metavar="OP",
+                        help=f"replace the preset's ops (repeatable): {', '.join(THROUGHPUT_OPS)}")
+    parser.add_argument("--dtype", action="append", metavar="DTYPE",
+                        help=f"replace the preset's dtypes (repeatable): {', '.join(DTYPES)}")
+    parser.add_argument("--shape", action="append", metavar="RxC", help="replace the preset's shapes (repeatable)")
+    parser.add_argument("--cuda-graph", action="store_true", help="CUDA: time CUDA-graph replays")
+    parser.add_argument("--no-l2-flush", action="store_true", help="CUDA: do not flush the L2 between calls")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="CPU: keep glibc's default of unmapping big freed blocks (every big output "
+                             "then page-faults; see bench.timing.keep_freed_memory)")
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    device = device_from(args)
+    name = args.preset or ("quick" if args.quick else "gpu" if device.type == "cuda" else "default")
+    if args.quick and args.preset and args.preset != "quick":
+        raise UserError(f"--quick asks for the quick preset but --preset says {args.preset!r}; give one of them.")
+    preset = pick("throughput preset", THROUGHPUT_PRESETS, name)
+    for op in args.op or ():
+        if op not in OPS:
+            raise UserError(f"unknown op {op!r}; known ops: {', '.join(OPS)}.")
+    dtypes = None
+    if args.dtype:
+        from bench.devices import parse_dtype
+
+        dtypes = [dtype_name(parse_dtype(d)) for d in args.dtype]
+    shapes = [parse_shape(s) for s in args.shape] if args.shape else None
+    if args.cuda_graph and device.type != "cuda":
+        raise UserError("--cuda-graph needs a CUDA device (--device cuda).")
+    variants = select_variants(args.variant)
+    overrides = {"ops": args.op, "dtypes": dtypes, "shapes": shapes}
+    run = open_run(args, {"throughput": as_dict(preset), "overrides": overrides})
+    print(f"run folder: {run.path}", file=sys.stderr)
+    throughput_into(run, variants, device, preset, ops=args.op, dtypes=dtypes, shapes=shapes,
+                    flush_l2=not args.no_l2_flush, cuda_graph=args.cuda_graph, keep_memory=not args.system_malloc)
+    print(f"rows in {run.csv_path(TABLE)}")
+    return 0
+
+
+def describe_ops() -> list[dict[str, Any]]:
+    """Each op's name, description and byte formula, for the report."""
+    return [{"op": o.name, "description": o.description, "bytes": o.formula} for o in OPS.values()]

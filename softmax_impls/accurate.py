@@ -1,0 +1,159 @@
+"""Accurate log-sum-exp and cross-entropy, Blanchard, Higham & Higham (2021), "Accurately computing the
+log-sum-exp and softmax functions", IMA J. Numer. Anal. 41(4).
+
+    lse(x) = m + log1p(s),   m = max x = x[a],   s = sum_{i != a} exp(x_i - m)
+
+The argmax term exp(0) = 1 is left out of the sum and added back exactly by log1p, so a row whose other
+terms are tiny keeps them: for the confident-correct row (target above the rest by d) the loss is
+log1p((n-1)e^-d), about (n-1)e^-d, where the fused log-softmax computes log(1 + tiny) = log(1) = 0.
+
+The loss is assembled as (m - x[t]) + log1p(s): no cancellation whether t is the argmax (first term exactly
+0) or not (both terms >= 0), and never lse - x[t] with lse rounded first, which loses the digits of a
+small loss behind a large max. Softmax is the shifted division exp(x - m) / sum exp(x - m) the paper
+recommends. Nothing overflows: every exponent is <= 0. The backward of the loss writes the target's
+gradient as -(sum over i != t of p_i) rather than p_t - 1, which would round to 0 in the same rows.
+
+    >>> import softmax_impls; v = softmax_impls.get("accurate")
+    >>> v.cross_entropy(logits, target)   # per-sample loss, accurate down to the tiny ones
+"""
+
+from __future__ import annotations
+
+import torch
+
+from softmax_impls import Variant
+from softmax_impls.contract import Contract
+
+Tensor = torch.Tensor
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For a 2-D tensor in the accumulation dtype: (m, finite, e, s), all [R, 1] but e [R, C].
+
+    m is the row max, finite says where it is finite, e = exp(x - shift) with shift = m where finite and 0
+    elsewhere (a -inf row must not become -inf - -inf = nan), s = sum of e over all columns but the argmax.
+    """
+    m, a = x.max(1, keepdim=True)
+    finite = torch.isfinite(m)
+    e = torch.exp(x - torch.where(finite, m, torch.zeros_like(m)))
+    s = e.scatter(1, a, 0.0).sum(1, keepdim=True)
+    return m, finite, e, s
+
+
+def _lse(m: Tensor, finite: Tensor, s: Tensor) -> Tensor:
+    # A row with max -inf, +inf or nan has lse equal to that max.
+    return torch.where(finite, m + torch.log1p(s), m)
+
+
+def _rows(x: Tensor, dim: int) -> tuple[Tensor, torch.Size]:
+    moved = x.movedim(dim, -1)
+    return moved.reshape(-1, moved.shape[-1]), moved.shape
+
+
+def _unrows(y: Tensor, moved_shape: torch.Size, dim: int) -> Tensor:
+    return y.reshape(moved_shape).movedim(-1, dim)
+
+
+def _softmax_rows(x: Tensor) -> Tensor:
+    xf = x.to(_acc_dtype(x.dtype))
+    _, _, e, _ = _stats(xf)
+    return (e / e.sum(1, keepdim=True)).to(x.dtype)
+
+
+def _log_softmax_rows(x: Tensor) -> Tensor:
+    xf = x.to(_acc_dtype(x.dtype))
+    m, finite, _, s = _stats(xf)
+    # (x - m) is exact for the entries near the max (Sterbenz), and log1p(s) is small and accurate.
+    out = torch.where(finite, (xf - m) - torch.log1p(s), xf - m)
+    return out.to(x.dtype)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
+        acc = _acc_dtype(logits.dtype)
+        xf = logits.to(acc)
+        m, finite, e, s = _stats(xf)
+        t = target.unsqueeze(1)
+        x_t = xf.gather(1, t)
+        loss = torch.where(finite, (m - x_t) + torch.log1p(s), _lse(m, finite, s) - x_t).squeeze(1)
+        ctx.save_for_backward(e, t)
+        ctx.out_dtype = logits.dtype
+        return loss.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+        e, t = ctx.saved_tensors
+        total = e.sum(1, keepdim=True)
+        grad = e / total
+        # p_t - 1 = -(sum over i != t of p_i): summed directly it keeps the tiny gradient of a confident row.
+        rest = e.scatter(1, t, 0.0).sum(1, keepdim=True)
+        grad.scatter_(1, t, -rest / total)
+        return (grad * g.to(grad.dtype).unsqueeze(1)).to(ctx.out_dtype), None
+
+
+class _Softmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = _softmax_rows(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        acc = _acc_dtype(y.dtype)
+        yf, gf = y.to(acc), g.to(acc)
+        return (yf * (gf - (gf * yf).sum(1, keepdim=True))).to(y.dtype)
+
+
+class _LogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = _log_softmax_rows(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        acc = _acc_dtype(out.dtype)
+        gf = g.to(acc)
+        return (gf - torch.exp(out.to(acc)) * gf.sum(1, keepdim=True)).to(out.dtype)
+
+
+def logsumexp(x: Tensor, dim: int = -1) -> Tensor:
+    """Row log-sum-exp m + log1p(s) in x's dtype (not differentiable; for reference and the tests)."""
+    rows, shape = _rows(x, dim)
+    m, finite, _, s = _stats(rows.to(_acc_dtype(x.dtype)))
+    return _lse(m, finite, s).reshape(shape[:-1]).to(x.dtype)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    rows, shape = _rows(x, dim)
+    return _unrows(_Softmax.apply(rows), shape, dim)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    rows, shape = _rows(x, dim)
+    return _unrows(_LogSoftmax.apply(rows), shape, dim)
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    return _CrossEntropy.apply(logits, target)
+
+
+variant = Variant(
+    name="accurate",
+    summary="lse = max + log1p(sum_{i != argmax} exp(x_i - max)), Blanchard-Higham-Higham 2021; tiny losses kept",
+    softmax=softmax,
+    cross_entropy=cross_entropy,
+    log_softmax=log_softmax,
+    contract=Contract(
+        notes="never overflows; keeps tiny confident-correct losses (log1p) and small losses behind a large max",
+    ),
+)
