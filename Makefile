@@ -32,12 +32,28 @@ dataset:
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The whole study into one run folder, then its report. QUICK=1 for the short version.
+# The whole study into one run folder, then its report. QUICK=1 for the short version; DEVICE=cuda, VARIANTS="a b".
 bench: setup
-	$(BIN)/softmax-bench all $(if $(QUICK),--quick)
+	$(BIN)/softmax-bench all $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE)) \
+	    $(foreach v,$(VARIANTS),--variant $(v))
 
+# Render run folders: make report RUN="results/<run> [results/<other run>]" [OUT=reports/NAME]
+# (default RUN: the newest folder under results/).
 report: setup
-	$(BIN)/softmax-bench report $(RUN)
+	@run="$(RUN)"; if [ -z "$$run" ]; then run=$$(ls -1d results/*/ 2>/dev/null | grep -v check-report | tail -1); fi; \
+	if [ -z "$$run" ]; then echo "no run folder under results/; run make bench first or pass RUN=..."; exit 2; fi; \
+	$(BIN)/softmax-bench report $$run $(if $(OUT),--out $(OUT))
+
+# What a person sees: open a report's index.html in headless Chromium (installed from Debian if missing),
+# screenshot it, fail if the page or an image does not load. REPORT=reports/NAME (default: the newest).
+check-report: setup
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	     echo "installing Debian's chromium"; \
+	     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	   else echo "chromium is missing: sudo apt-get install chromium"; exit 2; fi; \
+	fi
+	$(BIN)/python -m bench.report check $(REPORT)
 
 microbench: setup
 	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-only --benchmark-autosave

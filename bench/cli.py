@@ -54,7 +54,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 def fail(message: str, code: int = 2) -> int:
     width = 100
-    print("\n".join(textwrap.wrap("softmax-bench: " + message, width)), file=sys.stderr)
+    # Paths and names must survive a copy-paste: never split them at a hyphen or mid-word.
+    lines = textwrap.wrap("softmax-bench: " + message, width, break_long_words=False, break_on_hyphens=False)
+    print("\n".join(lines), file=sys.stderr)
     return code
 
 

@@ -63,7 +63,9 @@ def device_from(args: argparse.Namespace) -> torch.device:
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    # CPU allocation failures read "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def classify_failure(exc: BaseException) -> tuple[str, str]:

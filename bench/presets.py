@@ -190,8 +190,9 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
         StabilityPreset("quick", "every family at rows of 10 and 257 (wide rows and ties at 131072), thresholds",
                         lengths=(10, 257), long_lengths=(10, 131072), rows=3),
         # what tests/test_contracts.py and `softmax-bench check` run: every family, so every contract entry is
-        # exercised, at the smallest lengths that still show each breakdown (131072 for the float16 sum overflow)
-        StabilityPreset("check", "the contract checks: every family at rows of 10 and 257 (wide rows at 131072)",
-                        lengths=(10, 257), long_lengths=(131072,), rows=3, thresholds=False),
+        # exercised, at the default preset's lengths so it shows the same breakdowns (the float16 gradient of an
+        # unfused loss squares a sum past 256 at 16384; at 131072 the float16 sum of ones passes 65504)
+        StabilityPreset("check", "the contract checks: every family at rows of 10, 1000, 16384 (wide rows: 131072)",
+                        lengths=(10, 1000, 16384), long_lengths=(131072,), rows=3, long_rows=2, thresholds=False),
     )
 }

@@ -66,7 +66,7 @@ def _row(x: np.ndarray, target: int) -> tuple[np.ndarray, ...]:
         diffs = [mpmath.fsub(mpmath.mpf(float(v)), m, exact=True) for v in values]
         terms = [mpmath.exp(d) for d in diffs[:-1]]
         # s - 1, with the max's own e^0 = 1 left out: log(s) = log1p(s - 1) keeps tiny losses exact
-        rest = mpmath.fsum(int(c) * t for c, t in zip(counts[:-1], terms)) + int(counts[-1] - 1)
+        rest = mpmath.fsum(int(c) * t for c, t in zip(counts[:-1], terms, strict=True)) + int(counts[-1] - 1)
         log_s = mpmath.log1p(rest)
         s = 1 + rest
         lp = np.empty((k, 2))
@@ -100,7 +100,7 @@ def _row(x: np.ndarray, target: int) -> tuple[np.ndarray, ...]:
 def reference(x: np.ndarray, target: np.ndarray) -> Reference:
     """The 50-digit reference for logits `x` [rows, n] (float64 holding dtype-rounded values) and targets."""
     parts = [_row(x[r], int(target[r])) for r in range(x.shape[0])]
-    cols = list(zip(*parts))
+    cols = list(zip(*parts, strict=True))
     return Reference(
         logp_hi=np.stack(cols[0]), logp_lo=np.stack(cols[1]), p_hi=np.stack(cols[2]), p_lo=np.stack(cols[3]),
         loss_hi=np.array(cols[4], dtype=np.float64), loss_lo=np.array(cols[5], dtype=np.float64),

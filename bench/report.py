@@ -173,8 +173,8 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
     doc.h("Verdict")
     doc.p("One row per variant. % roofline is the effective bandwidth over the copy bandwidth the same device "
           "measured in the same run; × torch is torch's median time over the variant's (above 1 is faster). "
-          "Thresholds are the largest logit magnitude still handled correctly; test accuracy is after the last "
-          "epoch of each regime.")
+          "Thresholds are the largest logit magnitude still handled correctly ('never': correct up to the "
+          "dtype's largest finite value); test accuracy is after the last epoch of each regime.")
     doc.table(T.verdict(bundle))
 
     # -- throughput
@@ -306,9 +306,7 @@ def add_arguments_report(parser: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     index = render(args.runs, args.out)
-    bundle_problems = index.parent / "index.md"
-    text = bundle_problems.read_text()
-    if "## What is missing or damaged" in text:
+    if "## What is missing or damaged" in index.read_text():
         print("softmax-bench report: some parts are missing or damaged; the report says which.", file=sys.stderr)
     print(f"report: {index} and {index.parent / 'index.html'}")
     return 0
@@ -413,7 +411,7 @@ def compare_stability(base: T.Bundle, new: T.Bundle) -> pd.DataFrame:
             verdict = "now passes"
         else:
             verdict = "same"
-        rows.append(dict(zip(key, k)) | {"base": br, "new": nr, "verdict": verdict})
+        rows.append(dict(zip(key, k, strict=False)) | {"base": br, "new": nr, "verdict": verdict})
     return pd.DataFrame(rows)
 
 

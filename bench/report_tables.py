@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -254,7 +255,7 @@ def throughput_failures(bundle: Bundle) -> pd.DataFrame:
     if bad.empty:
         return pd.DataFrame(columns=cols)
     bad = bad.drop_duplicates(TP_KEY + ["status"]).copy()
-    bad["shape"] = [shape(r, c) for r, c in zip(bad["rows"], bad["cols"])]
+    bad["shape"] = [shape(r, c) for r, c in zip(bad["rows"], bad["cols"], strict=False)]
     return bad[cols].reset_index(drop=True)
 
 
@@ -350,6 +351,8 @@ def stability_cells(bundle: Bundle) -> pd.DataFrame:
     st = bundle.tables["stability"]
     key = ["run", "host", "device_name", "device", "variant", "dtype", "family"]
     cols = key + ["result", "max_err_u", "nonfinite", "failed_params", "message"]
+    # family "all" marks a variant/dtype the study skipped as a whole; it is not a family of its own
+    st = st[st["family"] != "all"] if not st.empty else st
     if st.empty:
         return pd.DataFrame(columns=cols)
     out = []
@@ -370,7 +373,7 @@ def stability_cells(bundle: Bundle) -> pd.DataFrame:
             result = "skipped" if (g["status"] == "skipped").any() else "—"
         message = "; ".join(dict.fromkeys(g.loc[g["status"] != "ok", "message"].astype(str)))[:200]
         params = sorted(set(failed["param"].dropna().astype(float)))
-        out.append(dict(zip(key, k)) | {
+        out.append(dict(zip(key, k, strict=False)) | {
             "result": result,
             "max_err_u": float(errs.replace([np.inf], np.inf).max()) if len(errs) else float("nan"),
             "nonfinite": float(nonfinite.sum()) if len(nonfinite) else float("nan"),
@@ -409,7 +412,8 @@ def thresholds_table(bundle: Bundle) -> pd.DataFrame:
     if th.empty:
         return pd.DataFrame()
     th = th.copy()
-    th["cell"] = [fmt(v, 4) if s == "ok" else s for v, s in zip(th["threshold"], th["status"])]
+    th["cell"] = [threshold_cell(v, d) if s == "ok" else s
+                  for v, d, s in zip(th["threshold"], th["dtype"], th["status"], strict=False)]
     wide = th.pivot_table(index=["device_name", "variant", "op"], columns=["kind", "dtype"], values="cell",
                           aggfunc="first")
     wide.columns = [f"{k} {d}" for k, d in wide.columns]
@@ -452,6 +456,14 @@ def stability_reading(cells: pd.DataFrame, bundle: Bundle) -> list[str]:
     return out
 
 
+def threshold_cell(value: Any, dtype: str) -> str:
+    """A threshold for a table: 'never' when the search reached the dtype's largest finite value."""
+    limit = _finfo_max(dtype)
+    if not _nan(value) and limit is not None and abs(float(value)) >= 0.99 * limit:
+        return "never"
+    return fmt(value, 4)
+
+
 def _finfo_max(dtype: str) -> float | None:
     import torch
 
@@ -475,7 +487,7 @@ def training_final(bundle: Bundle) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     out = []
     for k, g in tr.groupby(TR_KEY, sort=True, dropna=False):
-        rec: dict[str, Any] = dict(zip(TR_KEY, k))
+        rec: dict[str, Any] = dict(zip(TR_KEY, k, strict=False))
         per_epoch = g[g["epoch"].notna() & (g["status"] == "ok")]
         whole = g[g["epoch"].isna() & (g["status"] == "ok")]
         rec["epochs"] = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
@@ -548,7 +560,7 @@ def predictions_table(bundle: Bundle, regime: str = "standard") -> pd.DataFrame:
     wide = pr.pivot_table(index=["index", "label"], columns="variant", values="predicted", aggfunc="first")
     out = pd.DataFrame({"test image": [i for i, _ in wide.index], "true": [name(lab) for _, lab in wide.index]})
     for v in wide.columns:
-        out[v] = [name(p) + ("" if p == lab else " ✗") for p, (_, lab) in zip(wide[v], wide.index)]
+        out[v] = [name(p) + ("" if p == lab else " ✗") for p, (_, lab) in zip(wide[v], wide.index, strict=False)]
     return out
 
 
@@ -577,7 +589,8 @@ def verdict(bundle: Bundle) -> pd.DataFrame:
         ok = th[(th["op"] == op) & (th["kind"].isin(["overflow", "underflow"]))]
         for (kind, dtype), g in ok.groupby(["kind", "dtype"], sort=True):
             vals = g.groupby("variant").apply(
-                lambda x: fmt(x["threshold"].min(), 4) if (x["status"] == "ok").all() else x["status"].iloc[0],
+                lambda x, dtype=dtype: threshold_cell(x["threshold"].min(), dtype) if (x["status"] == "ok").all()
+                else x["status"].iloc[0],
                 include_groups=False)
             table[f"{kind} {dtype}"] = [vals.get(v, "—") for v in variants]
     cells = stability_cells(bundle)

@@ -11,7 +11,8 @@ cross_entropy, ce_grad = the gradient of the summed loss through autograd):
 * the reference is mpmath at 50 digits on those rounded inputs (bench/reference.py);
 * metrics go to ``stability.csv``: ``nonfinite`` (count of non-finite outputs), ``max_rel_err_u`` (max
   |y_hat - y| / max(|y|, tiny), in units of the dtype's unit roundoff u), ``max_abs_err``, for softmax also
-  ``sum_err`` (max |sum p - 1|) and ``kl`` (max KL(ref || out), nats), and a ``passed`` verdict (1/0).
+  ``sum_err`` (max |sum p - 1|) and ``kl`` (max KL(ref || out), nats, in the generalized form that
+  stays >= 0 for an unnormalized output), and a ``passed`` verdict (1/0).
 * thresholds go to ``thresholds.csv``: for overflow, underflow and far-target, the largest c on the stated
   probe row (:data:`PROBES`) at which the op is still finite and within tolerance, bisected over the dtype's
   representable values, so down to the dtype's own spacing; ``inf`` when it passes even at the dtype's max.
@@ -36,21 +37,21 @@ run folder and returns the summary lines; ``format_summary`` prints them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-import softmax_impls
 from bench import UserError
 from bench.devices import dtype_name, parse_dtype, supported_dtypes
 from bench.families import FAMILIES, Batch, Family, Limits, limits, round_to
 from bench.harness import add_common_arguments, classify_failure, device_from, open_run, select_variants
 from bench.presets import STABILITY_PRESETS, StabilityPreset, pick
-from bench.progress import each, log
+from bench.progress import bar, interactive, log
 from bench.reference import Reference, reference
 from bench.results import Run, StabilityRow, ThresholdRow, key_of
 from softmax_impls import Variant
@@ -130,7 +131,8 @@ def compare(op: str, out: np.ndarray, ref: Reference, target: np.ndarray, lim: L
     comparable = np.isfinite(hi) & np.isfinite(out)
     if masked is not None:
         comparable &= ~masked
-    err = np.abs((out - hi) - lo)[comparable]
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs((out - hi) - lo)[comparable]
     href = np.abs(hi[comparable])
     metrics = {"nonfinite": float(np.count_nonzero(~np.isfinite(out))),
                "max_rel_err_u": float((err / np.maximum(href, lim.tiny) / u).max()) if err.size else 0.0,
@@ -152,8 +154,10 @@ def compare(op: str, out: np.ndarray, ref: Reference, target: np.ndarray, lim: L
         sums = np.array([math.fsum(r) for r in o]) if lim.u < 1e-10 else o.sum(axis=1)
         metrics["sum_err"] = float(np.abs(sums - 1.0).max()) if o.size else 0.0
         pr, lr = ref.p_hi[rows], ref.logp_hi[rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(pr > 0, pr * (lr - np.log(o)), 0.0)
+        # the generalized KL, sum p log(p/q) - p + q: >= 0 term by term even for an unnormalized output q,
+        # so rounding never makes it negative; it equals KL(p || q) when q sums to 1
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            terms = np.where(pr > 0, pr * (lr - np.log(o)) - pr + o, o)
         metrics["kl"] = float(terms.sum(axis=1).max()) if o.size else 0.0
     n_bad = int(np.count_nonzero(bad))
     passed = n_bad == 0 and scaled <= tolerance_u
@@ -180,6 +184,19 @@ def measure(variant: Variant, op: str, batch: Batch, ref: Reference, dtype: torc
         status, message = classify_failure(exc)
         return OpResult(op, {}, False, status, message)
     return compare(op, out, ref, batch.target, lim, variant.contract.ordinary_tolerance_ulps)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One CPU thread while measuring: the rows are small, so threads only add spin-up (and, on a shared
+    2-core box, contention), and a single thread fixes the CPU reduction order, so a rerun on a machine with
+    another core count gives the same errors."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- the sweep over cases --------------------------------------------------------------------------------
@@ -235,7 +252,8 @@ def _check_names(names: Iterable[str] | None, table: dict, kind: str) -> list[st
         return None
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise UserError(f"unknown {kind} {', '.join(map(repr, unknown))}; known {kind}s: {', '.join(table)}.")
+        plural = "families" if kind == "family" else kind + "s"
+        raise UserError(f"unknown {kind} {', '.join(map(repr, unknown))}; known {plural}: {', '.join(table)}.")
     return list(dict.fromkeys(names))
 
 
@@ -285,7 +303,28 @@ def stability_into(run: Run, variants: list[Variant], device: torch.device, pres
         return key_of(last, STABILITY_KEY) not in done
 
     all_cases = cases(preset, chosen_dtypes, fams)
-    for case in each(all_cases, "stability", describe=Case.describe):
+    with single_thread():
+        _measure_cases(run, all_cases, active, device, preset, todo)
+        if preset.thresholds:
+            thresholds_into(run, [v for d in chosen_dtypes for v in active[d]], device, chosen_dtypes, active)
+    return summarize(run, [v.name for v in variants], dev, [dtype_name(d) for d in chosen_dtypes])
+
+
+def _progress(items: list, desc: str, describe: Callable[..., str]) -> Iterator:
+    """A bar on a terminal; off a terminal (CI logs) one line per ~10% instead of one per case."""
+    step = max(1, len(items) // 10)
+    progress = bar(items, desc=desc, total=len(items))
+    for i, item in enumerate(progress, 1):
+        if interactive():
+            progress.set_postfix_str(describe(item), refresh=False)
+        elif i == 1 or i % step == 0 or i == len(items):
+            log(f"[{desc} {i}/{len(items)}] {describe(item)}")
+        yield item
+
+
+def _measure_cases(run: Run, all_cases: list[Case], active: dict[torch.dtype, list[Variant]],
+                   device: torch.device, preset: StabilityPreset, todo: Callable[[Variant, Case], bool]) -> None:
+    for case in _progress(all_cases, "stability", Case.describe):
         pending = [v for v in active[case.dtype] if todo(v, case)]
         if not pending:
             continue
@@ -295,9 +334,6 @@ def stability_into(run: Run, variants: list[Variant], device: torch.device, pres
         for v in pending:
             rows += _rows_of(v, device, case, [measure(v, op, batch, ref, case.dtype, device) for op in ops_of(v)])
         run.append(*rows)
-    if preset.thresholds:
-        thresholds_into(run, [v for d in chosen_dtypes for v in active[d]], device, chosen_dtypes, active)
-    return summarize(run, [v.name for v in variants], dev, [dtype_name(d) for d in chosen_dtypes])
 
 
 # -- thresholds -------------------------------------------------------------------------------------------
@@ -381,7 +417,7 @@ def thresholds_into(run: Run, variants: list[Variant], device: torch.device, dty
                     if key_of(row, THRESHOLD_KEY) not in done:
                         units.append((v, dtype, op, kind))
     refs = _ProbeReferences()
-    for v, dtype, op, kind in each(units, "thresholds", describe=lambda u: f"{u[0].name} {dtype_name(u[1])} "
+    for v, dtype, op, kind in _progress(units, "thresholds", lambda u: f"{u[0].name} {dtype_name(u[1])} "
                                                                            f"{u[2]} {u[3]}"):
         try:
             value, message = threshold(v, op, kind, dtype, device, refs)
@@ -479,19 +515,20 @@ def check_variants(variants: list[Variant], device: torch.device, preset: Stabil
     for v in variants:
         runnable[v.name] = [d for d in chosen if v.skip_reason(device, d) is None]
     all_cases = cases(preset, chosen)
-    iterator: Iterator[Case] = each(all_cases, "check", describe=Case.describe) if progress else iter(all_cases)
-    for case in iterator:
-        todo = [v for v in variants if case.dtype in runnable[v.name]]
-        if not todo:
-            continue
-        batch = make_batch(case, preset)
-        ref = reference(batch.x, batch.target)
-        for v in todo:
-            key = (v.name, case.family.name, dtype_name(case.dtype))
-            for op in ops_of(v):
-                r = measure(v, op, batch, ref, case.dtype, device)
-                if not r.passed and key not in failures:
-                    failures[key] = f"{op} param={case.param:g} n={case.n}: {r.message}"
+    iterator: Iterator[Case] = _progress(all_cases, "check", Case.describe) if progress else iter(all_cases)
+    with single_thread():
+        for case in iterator:
+            todo = [v for v in variants if case.dtype in runnable[v.name]]
+            if not todo:
+                continue
+            batch = make_batch(case, preset)
+            ref = reference(batch.x, batch.target)
+            for v in todo:
+                key = (v.name, case.family.name, dtype_name(case.dtype))
+                for op in ops_of(v):
+                    r = measure(v, op, batch, ref, case.dtype, device)
+                    if not r.passed and key not in failures:
+                        failures[key] = f"{op} param={case.param:g} n={case.n}: {r.message or r.status}"
     out: dict[str, list[CheckLine]] = {}
     for v in variants:
         lines = contract_problems(v)

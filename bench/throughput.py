@@ -344,7 +344,8 @@ class _Sweep:
             m = self.time(fn, u.timer)
             again = self.time(fn, u.timer) if u.repeat else None
             try:
-                peak: tuple[float | None, str, str] = (float(peak_memory(fn, self.device)), "ok", "")
+                peak_bytes = peak_memory(fn, self.device, peaks_once=m.stats.median > 0.01)
+                peak: tuple[float | None, str, str] = (float(peak_bytes), "ok", "")
             except Exception as exc:  # e.g. no mallinfo2: the peak row says why, the timing stands
                 status, message = classify_failure(exc)
                 peak = (None, "skipped" if status == "error" else status, message)
@@ -532,6 +533,9 @@ def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", action="append", metavar="RxC", help="replace the preset's shapes (repeatable)")
     parser.add_argument("--cuda-graph", action="store_true", help="CUDA: time CUDA-graph replays")
     parser.add_argument("--no-l2-flush", action="store_true", help="CUDA: do not flush the L2 between calls")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's own, one per core). On a machine whose cores "
+                             "other jobs share, 1 avoids OpenMP barriers waiting on a descheduled thread")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: keep glibc's default of unmapping big freed blocks (every big output "
                              "then page-faults; see bench.timing.keep_freed_memory)")
@@ -554,8 +558,12 @@ def run_throughput(args: argparse.Namespace) -> int:
     shapes = [parse_shape(s) for s in args.shape] if args.shape else None
     if args.cuda_graph and device.type != "cuda":
         raise UserError("--cuda-graph needs a CUDA device (--device cuda).")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: give a positive number of threads.")
+        torch.set_num_threads(args.threads)
     variants = select_variants(args.variant)
-    overrides = {"ops": args.op, "dtypes": dtypes, "shapes": shapes}
+    overrides = {"ops": args.op, "dtypes": dtypes, "shapes": shapes, "threads": torch.get_num_threads()}
     run = open_run(args, {"throughput": as_dict(preset), "overrides": overrides})
     print(f"run folder: {run.path}", file=sys.stderr)
     throughput_into(run, variants, device, preset, ops=args.op, dtypes=dtypes, shapes=shapes,

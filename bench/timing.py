@@ -114,12 +114,8 @@ def time_cpu(fn: Callable[[], object], budget: TimerBudget = TimerBudget()) -> M
     t0 = clock()
     fn()
     first = clock() - t0
-    _warm_up(fn, budget, clock)
-
-    # One more call estimates the per-call time, which decides how many calls go into one sample.
-    t0 = clock()
-    fn()
-    estimate = clock() - t0
+    # The fastest warm-up call estimates the per-call time, which decides how many calls make one sample.
+    estimate = min(_warm_up(fn, budget, clock), default=first)
     inner = 1
     if estimate < budget.min_sample_s:
         inner = min(budget.max_inner, max(1, math.ceil(budget.min_sample_s / max(estimate, 1e-9))))
@@ -142,13 +138,18 @@ def time_cpu(fn: Callable[[], object], budget: TimerBudget = TimerBudget()) -> M
 
 
 def _warm_up(fn: Callable[[], object], budget: TimerBudget, clock: Callable[[], float],
-             sync: Callable[[], None] = lambda: None) -> None:
+             sync: Callable[[], None] = lambda: None) -> list[float]:
+    """Up to budget.warmup calls, stopping once budget.warmup_s is spent; returns each call's duration."""
     start = clock()
+    durations = []
     for _ in range(budget.warmup):
+        t0 = clock()
         fn()
         sync()
+        durations.append(clock() - t0)
         if clock() - start >= budget.warmup_s:
             break
+    return durations
 
 
 def l2_cache_bytes(device: torch.device) -> int:
@@ -283,7 +284,7 @@ class _PeakTracker(TorchDispatchMode):
         return out
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+def peak_memory(fn: Callable[[], object], device: torch.device, peaks_once: bool = False) -> int:
     """Bytes the call allocates beyond what existed before it (its inputs), at its peak.
 
     CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, read after every aten
@@ -302,7 +303,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     if reason:
         raise RuntimeError(reason)
     peaks = []
-    for _ in range(2):  # the first pass also counts the Python objects the mode creates once per op (KBs)
+    # The first pass also counts the Python objects the mode creates once per op (a few KB): for small
+    # calls a second pass (the smaller peak is kept) removes them; big calls are not worth a second pass.
+    for _ in range(1 if peaks_once else 2):
         with _PeakTracker() as tracker:
             out = fn()
         del out

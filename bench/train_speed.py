@@ -20,7 +20,6 @@ temporary folder from the validated tensors, so both sides train on the same byt
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench import UserError
-from bench.data import IMAGE_MAGIC, LABEL_MAGIC, SPLITS, FashionMNIST, load
+from bench.data import FashionMNIST, load, write_idx
 from bench.devices import parse_device
 from bench.presets import REGIMES
 from bench.training import effective_regime, prepare, train_one
@@ -39,17 +38,13 @@ CHAPTER_WORKERS = 4  # d2l.get_dataloader_workers()
 
 def write_idx_folder(ds: FashionMNIST, root: Path) -> None:
     """Uncompressed IDX files in torchvision's layout, root/FashionMNIST/raw, from the loaded tensors."""
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, (images_name, labels_name, count) in SPLITS.items():
-        images = getattr(ds, f"{split}_images")
-        labels = getattr(ds, f"{split}_labels").to(torch.uint8)
-        (raw / images_name).write_bytes(struct.pack(">4I", IMAGE_MAGIC, count, 28, 28) + images.numpy().tobytes())
-        (raw / labels_name).write_bytes(struct.pack(">2I", LABEL_MAGIC, count) + labels.numpy().tobytes())
+    write_idx(ds, root / "FashionMNIST" / "raw")
 
 
 def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[float, float, float]:
     """The chapter's code, nearly verbatim. Returns (train loss, train acc, test acc) of the last epoch."""
+    import warnings
+
     import torchvision
     from torch.utils import data
     from torchvision import transforms
@@ -82,7 +77,7 @@ def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[flo
             self.data = [0.0] * n
 
         def add(self, *args):
-            self.data = [a + float(b) for a, b in zip(self.data, args)]
+            self.data = [a + float(b) for a, b in zip(self.data, args)]  # noqa: B905 (the chapter's code)
 
         def __getitem__(self, idx):
             return self.data[idx]
@@ -117,6 +112,10 @@ def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[flo
         return metric[0] / metric[2], metric[1] / metric[2]
 
     lr = 0.1
+    # The chapter's own code warns (4 workers on a 2-core box; float() of a tensor that requires grad):
+    # that is what it does, so the warnings are silenced rather than the code changed.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+    warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
     for epoch in range(epochs):
         train_loss, train_acc = train_epoch_ch3(net, train_iter, cross_entropy, lambda n: sgd([W, b], lr, n))
         test_acc = evaluate_accuracy(net, test_iter)

@@ -51,8 +51,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ class Accumulator:
         self.data: list[Any] = [0.0] * n
 
     def add(self, *args: Any) -> None:
-        self.data = [a + b for a, b in zip(self.data, args)]
+        self.data = [a + b for a, b in zip(self.data, args, strict=True)]
 
     def reset(self) -> None:
         self.data = [0.0] * len(self.data)
@@ -317,7 +318,7 @@ def predict(net: Model, data: DeviceData, images: torch.Tensor | None, n: int = 
         predicted = net(data.X_test[:n]).argmax(dim=1).cpu().tolist()
     labels = data.y_test[:n].cpu().tolist()
     out = []
-    for i, (true, pred) in enumerate(zip(labels, predicted)):
+    for i, (true, pred) in enumerate(zip(labels, predicted, strict=True)):
         out.append({"index": i, "label": true, "label_name": FASHION_LABELS[true], "predicted": pred,
                     "predicted_name": FASHION_LABELS[pred],
                     "pixels": images[i].numpy().tobytes().hex() if images is not None else ""})
@@ -456,7 +457,8 @@ def format_table(results: Sequence[TrainResult]) -> str:
                       r.status + (" (resumed)" if r.resumed else "") + (f": {r.message}" if r.status != "ok"
                                                                        else "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1] for line in lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+                     for line in lines)
 
 
 # --- the command ------------------------------------------------------------------------------------

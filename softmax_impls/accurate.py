@@ -31,22 +31,18 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For a 2-D tensor in the accumulation dtype: (m, finite, e, s), all [R, 1] but e [R, C].
+def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For a 2-D tensor in the accumulation dtype: (m, e, s): m [R, 1] the row max, e [R, C] = exp(x - shift),
+    s [R, 1] the sum of e over every column but the argmax.
 
-    m is the row max, finite says where it is finite, e = exp(x - shift) with shift = m where finite and 0
-    elsewhere (a -inf row must not become -inf - -inf = nan), s = sum of e over all columns but the argmax.
+    shift = m, except 0 for a fully masked row (m = -inf), which must not become -inf - -inf = nan; there
+    e = s = 0 and m + log1p(s) = -inf as it should. A +inf or nan max is kept: that row's s is nan and every
+    output of the row is nan, as the reference says.
     """
     m, a = x.max(1, keepdim=True)
-    finite = torch.isfinite(m)
-    e = torch.exp(x - torch.where(finite, m, torch.zeros_like(m)))
+    e = torch.exp(x - torch.where(m == float("-inf"), torch.zeros_like(m), m))
     s = e.scatter(1, a, 0.0).sum(1, keepdim=True)
-    return m, finite, e, s
-
-
-def _lse(m: Tensor, finite: Tensor, s: Tensor) -> Tensor:
-    # A row with max -inf, +inf or nan has lse equal to that max.
-    return torch.where(finite, m + torch.log1p(s), m)
+    return m, e, s
 
 
 def _rows(x: Tensor, dim: int) -> tuple[Tensor, torch.Size]:
@@ -60,16 +56,15 @@ def _unrows(y: Tensor, moved_shape: torch.Size, dim: int) -> Tensor:
 
 def _softmax_rows(x: Tensor) -> Tensor:
     xf = x.to(_acc_dtype(x.dtype))
-    _, _, e, _ = _stats(xf)
+    _, e, _ = _stats(xf)
     return (e / e.sum(1, keepdim=True)).to(x.dtype)
 
 
 def _log_softmax_rows(x: Tensor) -> Tensor:
     xf = x.to(_acc_dtype(x.dtype))
-    m, finite, _, s = _stats(xf)
+    m, _, s = _stats(xf)
     # (x - m) is exact for the entries near the max (Sterbenz), and log1p(s) is small and accurate.
-    out = torch.where(finite, (xf - m) - torch.log1p(s), xf - m)
-    return out.to(x.dtype)
+    return ((xf - m) - torch.log1p(s)).to(x.dtype)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -77,10 +72,9 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
         acc = _acc_dtype(logits.dtype)
         xf = logits.to(acc)
-        m, finite, e, s = _stats(xf)
+        m, e, s = _stats(xf)
         t = target.unsqueeze(1)
-        x_t = xf.gather(1, t)
-        loss = torch.where(finite, (m - x_t) + torch.log1p(s), _lse(m, finite, s) - x_t).squeeze(1)
+        loss = ((m - xf.gather(1, t)) + torch.log1p(s)).squeeze(1)
         ctx.save_for_backward(e, t)
         ctx.out_dtype = logits.dtype
         return loss.to(logits.dtype)
@@ -129,8 +123,8 @@ class _LogSoftmax(torch.autograd.Function):
 def logsumexp(x: Tensor, dim: int = -1) -> Tensor:
     """Row log-sum-exp m + log1p(s) in x's dtype (not differentiable; for reference and the tests)."""
     rows, shape = _rows(x, dim)
-    m, finite, _, s = _stats(rows.to(_acc_dtype(x.dtype)))
-    return _lse(m, finite, s).reshape(shape[:-1]).to(x.dtype)
+    m, _, s = _stats(rows.to(_acc_dtype(x.dtype)))
+    return (m + torch.log1p(s)).reshape(shape[:-1]).to(x.dtype)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -46,8 +46,10 @@ def _chunk_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     xf = x.to(_acc_dtype(x.dtype))
     m = xf.amax(1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # no -inf - -inf for a masked row
-    return m, torch.log(torch.exp(xf - m).sum(1, keepdim=True))
+    # no -inf - -inf for a masked row; a +inf/nan max is kept, so such a row comes out nan, as it should
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    e = xf - m
+    return m, torch.log(e.exp_().sum(1, keepdim=True))  # in place: one chunk-sized temporary
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -85,14 +87,14 @@ class _CrossEntropy(torch.autograd.Function):
 def _softmax_chunk(x: Tensor) -> Tensor:
     xf = x.to(_acc_dtype(x.dtype))
     m = xf.amax(1, keepdim=True)
-    e = torch.exp(xf - torch.where(torch.isfinite(m), m, torch.zeros_like(m)))
+    e = torch.exp(xf - torch.where(m == float("-inf"), torch.zeros_like(m), m))
     return e / e.sum(1, keepdim=True)
 
 
 def _log_softmax_chunk(x: Tensor) -> Tensor:
     xf = x.to(_acc_dtype(x.dtype))
     m = xf.amax(1, keepdim=True)
-    shifted = xf - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    shifted = xf - torch.where(m == float("-inf"), torch.zeros_like(m), m)
     return shifted - torch.log(torch.exp(shifted).sum(1, keepdim=True))
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -32,8 +32,9 @@ Tensor = torch.Tensor
 
 def _shift(x: Tensor) -> Tensor:
     m = x.amax(-1, keepdim=True)
-    # A row with a non-finite max is shifted by 0: never -inf - -inf = nan for a fully masked row.
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    # A fully masked row (max -inf) is shifted by 0: never -inf - -inf = nan. A +inf or nan max is kept, so
+    # such a row comes out nan everywhere, as the reference says.
+    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
 
 
 def _acc(x: Tensor) -> Tensor:

@@ -34,7 +34,13 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
-        notes="never overflows; tiny losses log1p((n-1)e^-d) round to 0 without log1p",
+        expected_failures={
+            "confident_correct": ALL_DTYPES,  # -log(1 + tiny) rounds to 0 without log1p
+            "wide_rows": ("float16",),  # the float16 sum of 131072 ones is inf: log-probs -inf
+            # measured: the isfinite(max) guard also replaces a +inf max by 0, so a row holding +inf comes
+            # out 0 and one nan instead of nan everywhere (guarding only max == -inf would keep the nan)
+            "posinf_entries": ALL_DTYPES,
+        },
+        notes="never overflows; tiny losses log1p((n-1)e^-d) round to 0; float16 sums overflow past 65504",
     ),
 )

@@ -28,7 +28,15 @@ variant = Variant(
     softmax=softmax,
     cross_entropy=cross_entropy,
     contract=Contract(
-        expected_failures={"far_target": ALL_DTYPES, "confident_correct": ALL_DTYPES},
+        expected_failures={
+            "far_target": ALL_DTYPES,  # p_target underflows to 0: -log 0 = inf
+            "confident_correct": ALL_DTYPES,  # p_target rounds to 1: loss 0
+            "wide_rows": ("float16",),  # the float16 sum of 131072 terms e^0 = 1 overflows to inf
+            # float16, measured: the autograd gradient of the unfused -log(e_t / s) goes through 1/p_t and
+            # e_t / s^2; on rows of 16384, s^2 passes 65504 and p_t goes subnormal: ce_grad errs by ~1000 u
+            **{fam: ("float16",) for fam in ("translation", "underflow_shift", "mask_partial", "mask_prefix",
+                                             "mask_full", "mask_fill", "posinf_entries", "nan_entries")},
+        },
         notes="never overflows; the unfused -log(p) loses far-target and confident-correct losses",
     ),
 )

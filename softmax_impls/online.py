@@ -10,7 +10,7 @@ row in registers; in PyTorch the blocks are column slices). Softmax then reads t
 write exp(x - m) / d; the loss needs only the normalizer: loss = (m - x[t]) + log d.
 
 A row whose leading blocks are all -inf would give m = -inf and exp(-inf - -inf) = nan; the shift is 0
-whenever the running max is not finite, which keeps d = 0 there and lets a later finite block take over.
+while the running max is -inf, which keeps d = 0 there and lets a later finite block take over.
 
     >>> import softmax_impls; v = softmax_impls.get("online")
     >>> v.softmax(x); v.cross_entropy(logits, target)
@@ -34,12 +34,13 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _finite_or_zero(m: Tensor) -> Tensor:
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+def _neg_inf_to_zero(m: Tensor) -> Tensor:
+    # Only -inf is replaced: a +inf or nan max must still turn the whole row into nan, as the reference does.
+    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
 
 
 def online_stats(x: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
-    """(shift, d) for the rows of a 2-D tensor: shift is the row max (0 where it is not finite) and
+    """(shift, d) for the rows of a 2-D tensor: shift is the row max (0 where it is -inf) and
     d = sum exp(x - shift), both [R, 1] in the accumulation dtype, computed in one pass over column blocks."""
     acc = _acc_dtype(x.dtype)
     rows, cols = x.shape
@@ -48,10 +49,10 @@ def online_stats(x: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
     for start in range(0, cols, block):
         blk = x[:, start:start + block].to(acc)
         m_new = torch.maximum(m, blk.amax(1, keepdim=True))
-        shift = _finite_or_zero(m_new)  # the -inf prefix guard: never -inf - -inf
+        shift = _neg_inf_to_zero(m_new)  # the -inf prefix guard: never -inf - -inf
         d = d * torch.exp(m - shift) + torch.exp(blk - shift).sum(1, keepdim=True)
         m = m_new
-    return _finite_or_zero(m), d
+    return _neg_inf_to_zero(m), d
 
 
 def _rows(x: Tensor, dim: int) -> tuple[Tensor, torch.Size]:

@@ -29,7 +29,12 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
-        notes="fused log-softmax; tiny losses round to 0",
+        expected_failures={
+            "confident_correct": ALL_DTYPES,  # fused, but -log(1 + tiny) still rounds to 0
+            # measured (torch 2.x CPU): log_softmax / cross_entropy in float16 overflow to -inf / inf for
+            # rows longer than 65504, while torch.softmax does not
+            "wide_rows": ("float16",),
+        },
+        notes="fused log-softmax; tiny losses round to 0; CPU float16 log_softmax overflows past 65504 columns",
     ),
 )

@@ -6,7 +6,7 @@ float64 reference, overflow thresholds found by bisection, and the chapter's tra
 Fashion-MNIST (bench.training). Rows are written with Run.append in the schema the studies use.
 
 A "regression" is made real too: `swap` runs one variant's code under another's name (e.g. the chapter's
-naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work three times.
+naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work four times.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -50,24 +50,24 @@ def variants(swap: dict[str, str] | None = None, slow: tuple[str, ...] = ()) -> 
         v = dataclasses.replace(code, name=name)
         if name in slow:
             sm, ce = code.softmax, code.cross_entropy
-            v = dataclasses.replace(v, softmax=lambda x, dim=-1, f=sm: [f(x, dim) for _ in range(3)][-1],
-                                    cross_entropy=lambda x, t, f=ce: [f(x, t) for _ in range(3)][-1])
+            v = dataclasses.replace(v, softmax=lambda x, dim=-1, f=sm: [f(x, dim) for _ in range(4)][-1],
+                                    cross_entropy=lambda x, t, f=ce: [f(x, t) for _ in range(4)][-1])
         out.append(v)
     return out
 
 
-def throughput_rows(vs: list[softmax_impls.Variant]) -> list[ThroughputRow]:
+def throughput_rows(vs: list[softmax_impls.Variant], shapes=SHAPES) -> list[ThroughputRow]:
     rows: list[ThroughputRow] = []
-    for m, n in SHAPES:
+    for m, n in shapes:
         x = torch.randn(m, n)
         t = torch.randint(0, n, (m,))
         size = x.element_size()
-        copy = _time(lambda: x.clone())
+        copy = _time(lambda x=x: x.clone())
         copy_gbps = 2 * m * n * size / copy["median_s"] / 1e9  # read + write every element
         times: dict[tuple[str, str], dict[str, float]] = {}
         for v in vs:
-            times[(v.name, "softmax_fwd")] = _time(lambda v=v: v.softmax(x, dim=-1))
-            times[(v.name, "ce_fwd")] = _time(lambda v=v: v.cross_entropy(x, t))
+            times[(v.name, "softmax_fwd")] = _time(lambda v=v, x=x: v.softmax(x, dim=-1))
+            times[(v.name, "ce_fwd")] = _time(lambda v=v, x=x, t=t: v.cross_entropy(x, t))
         for (name, op), q in times.items():
             # softmax_fwd reads and writes M*N elements; ce_fwd reads M*N logits and M targets, writes M losses
             nbytes = 2 * m * n * size if op == "softmax_fwd" else m * n * size + m * 8 + m * size
@@ -133,7 +133,7 @@ def threshold_rows(vs: list[softmax_impls.Variant]) -> list[ThresholdRow]:
     probe = torch.arange(0, -10, -1, dtype=torch.float64)
     for v in vs:
         for dtype in DTYPES_ST:
-            def good(c: float) -> bool:
+            def good(c: float, v=v, dtype=dtype) -> bool:
                 x = (probe + c).to(dtype).unsqueeze(0)
                 nonfinite, err = _errors(v.softmax(x, dim=-1), torch.softmax(x.double(), -1), dtype)
                 return nonfinite == 0 and err <= 64
@@ -151,12 +151,20 @@ def threshold_rows(vs: list[softmax_impls.Variant]) -> list[ThresholdRow]:
     return rows
 
 
+def small_dataset():
+    """Real Fashion-MNIST, the first 6000 training images (the whole test set stays): a 1-epoch run in ~1 s."""
+    from bench import data
+
+    ds = data.load()
+    return dataclasses.replace(ds, train_images=ds.train_images[:6000], train_labels=ds.train_labels[:6000])
+
+
 def make_run(root: Path, vs: list[softmax_impls.Variant], *, train: bool = True, parts=("throughput", "stability",
-             "training"), epochs: int = 1, dataset=None) -> Run:
+             "training"), epochs: int = 1, dataset=None, shapes=SHAPES) -> Run:
     """A run folder under `root` holding real measurements of `vs` for the requested parts."""
     run = Run.create(root, ["softmax-bench", "test"], {})
     if "throughput" in parts:
-        run.append(*throughput_rows(vs))
+        run.append(*throughput_rows(vs, shapes))
     if "stability" in parts:
         run.append(*stability_rows(vs))
         run.append(*threshold_rows(vs))

@@ -1,0 +1,111 @@
+"""softmax-bench all: the whole study into ONE run folder, then its report.
+
+    softmax-bench all                         # training (every regime), throughput, stability; ~15 min on 2 cores
+    softmax-bench all --quick                 # the short presets (make bench QUICK=1)
+    softmax-bench all --device cuda --variant torch --variant logsumexp
+    softmax-bench all --resume results/<run>  # finish an interrupted study: nothing measured twice
+    softmax-bench all --skip throughput       # leave a study out
+
+Steps run in order: training of every selected variant in every regime (bench.training.train_into),
+throughput (bench.throughput.throughput_into), stability and thresholds (bench.stability.stability_into).
+A step that fails, or whose module is not installed, is reported and the others still run; the report is
+rendered from whatever the run folder holds (reports/<run name>/ unless --out) and says what is missing.
+Exit status 0 when every step succeeded, 1 when one failed (the report is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench import UserError
+from bench.harness import add_common_arguments, device_from, select_variants
+from bench.progress import log
+from bench.results import Run
+
+STEPS = ("train", "throughput", "stability")
+
+
+def add_arguments_all(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--skip", action="append", choices=STEPS, default=[], help="leave this study out (repeatable)")
+    parser.add_argument("--out", metavar="DIR", help="report folder (default: reports/<run name>)")
+
+
+def _train(run: Run, variants: list, device: torch.device, quick: bool) -> None:
+    from bench.presets import REGIMES
+    from bench.training import format_table, train_into
+
+    results = train_into(run, variants, list(REGIMES), device, seed=0, quick=quick)
+    print(format_table(results))
+
+
+def _throughput(run: Run, variants: list, device: torch.device, quick: bool) -> None:
+    from bench.presets import THROUGHPUT_PRESETS
+    from bench.throughput import throughput_into
+
+    name = "quick" if quick else ("gpu" if device.type == "cuda" and "gpu" in THROUGHPUT_PRESETS else "default")
+    throughput_into(run, variants, device, THROUGHPUT_PRESETS[name])
+
+
+def _stability(run: Run, variants: list, device: torch.device, quick: bool) -> None:
+    from bench.presets import STABILITY_PRESETS
+    from bench.stability import format_summary, stability_into
+
+    lines = stability_into(run, variants, device, STABILITY_PRESETS["quick" if quick else "default"])
+    print(format_summary(lines))
+
+
+STEP_FUNCTIONS: dict[str, Callable[[Run, list, torch.device, bool], None]] = {
+    "train": _train, "throughput": _throughput, "stability": _stability}
+
+
+def run_all(args: argparse.Namespace) -> int:
+    from bench.report import render
+
+    device = device_from(args)
+    variants = select_variants(args.variant)
+    presets = {"all": {"quick": args.quick, "device": str(device), "variants": [v.name for v in variants],
+                       "skip": args.skip}}
+    if args.resume:
+        run = Run.open(args.resume)
+        run.record_command(sys.argv, presets)
+    else:
+        run = Run.create(args.results_dir, sys.argv, presets)
+    log(f"softmax-bench all: writing to {run.path}")
+    outcome: dict[str, str] = {}
+    steps = [s for s in STEPS if s not in args.skip]
+    for i, step in enumerate(steps, 1):
+        log(f"== [{i}/{len(steps)}] {step} ({'quick' if args.quick else 'full'}, {device}, "
+            f"{len(variants)} variants)")
+        start = time.perf_counter()
+        try:
+            STEP_FUNCTIONS[step](run, variants, device, args.quick)
+            outcome[step] = f"ok in {time.perf_counter() - start:.0f} s"
+        except ImportError as exc:  # a study not installed yet must not stop the others
+            outcome[step] = f"missing: {exc}"
+        except UserError as exc:
+            outcome[step] = f"failed: {exc}"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a crash in one study is reported, the others still run
+            traceback.print_exc(file=sys.stderr)
+            outcome[step] = f"failed: {type(exc).__name__}: {exc}"
+        log(f"== {step}: {outcome[step]}")
+    index = render([run.path], Path(args.out) if args.out else None)
+    print("\nsoftmax-bench all:")
+    for step in STEPS:
+        print(f"  {step:11s} {outcome.get(step, 'skipped (--skip)')}")
+    print(f"  run folder  {run.path}")
+    print(f"  report      {index} and {index.parent / 'index.html'}")
+    failed = [s for s, o in outcome.items() if not o.startswith("ok")]
+    if failed:
+        print(f"  {len(failed)} step(s) did not finish: {', '.join(failed)}; finish with "
+              f"`softmax-bench all --resume {run.path}`.", file=sys.stderr)
+    return 1 if failed else 0

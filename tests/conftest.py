@@ -1,0 +1,28 @@
+"""Shared fixtures: the real Fashion-MNIST (loaded once per session) and the devices to test on.
+
+    .venv/bin/pytest -q                        # everything (make test)
+    .venv/bin/pytest -q tests/test_training.py # one file
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import data
+
+@pytest.fixture(scope="session")
+def fashion() -> data.FashionMNIST:
+    """The real dataset, from wherever bench.data finds it (no download: tests must not need the network)."""
+    return data.load(download=False)
+
+def devices_under_test() -> list[torch.device]:
+    """CPU always; the first GPU too when this machine has one."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda", 0))
+    return devices
+
+@pytest.fixture(params=devices_under_test(), ids=str)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    return request.param

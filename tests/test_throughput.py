@@ -1,0 +1,241 @@
+"""bench.throughput: byte formulas, the plan, oom/error/skipped rows from fake variants, the summary, the
+command's user errors, and resume after a real interruption (a killed subprocess).
+
+    .venv/bin/pytest -q tests/test_throughput.py
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import softmax_impls
+from bench.cli import main
+from bench.presets import (
+    THROUGHPUT_OPS,
+    THROUGHPUT_PRESETS,
+    RepeatCheck,
+    SweepBlock,
+    ThroughputPreset,
+    TimerBudget,
+)
+from bench.results import Run
+from bench.throughput import (
+    BYTE_FORMULAS,
+    METRICS,
+    OPS,
+    ROW_KEY,
+    UNIT_KEY,
+    expected_metrics,
+    plan,
+    summary_table,
+    throughput_into,
+)
+from softmax_impls import Variant
+
+CPU = torch.device("cpu")
+FAST = TimerBudget(warmup=1, min_reps=3, budget_s=0.01)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _preset(ops=("softmax_fwd",), shapes=((64, 100),), dtypes=("float32",), repeats=()) -> ThroughputPreset:
+    return ThroughputPreset("test", "tiny", blocks=(SweepBlock(tuple(ops), tuple(shapes), tuple(dtypes)),),
+                            timer=FAST, repeats=repeats)
+
+
+# --- byte formulas -----------------------------------------------------------------------------------
+
+def test_byte_formulas_by_hand():
+    m, n = 4096, 32768
+    assert OPS["softmax_fwd"].min_bytes(m, n, 4) == 2 * 4096 * 32768 * 4 == 1_073_741_824
+    assert OPS["softmax_fwd_bwd"].min_bytes(m, n, 2) == 5 * 4096 * 32768 * 2
+    # cross-entropy: logits once, int64 targets (8 B), one loss per row
+    assert OPS["ce_fwd"].min_bytes(256, 10, 4) == 256 * 10 * 4 + 256 * 8 + 256 * 4 == 13_312
+    assert OPS["ce_fwd_bwd"].min_bytes(256, 10, 4) == 3 * 256 * 10 * 4 + 256 * (16 + 8) == 36_864
+    assert tuple(BYTE_FORMULAS) == THROUGHPUT_OPS
+    assert BYTE_FORMULAS["softmax_fwd"].startswith("2·M·N·e")
+    assert all(f.strip() for f in BYTE_FORMULAS.values())
+
+
+@pytest.mark.parametrize("op", THROUGHPUT_OPS)
+def test_each_op_runs_every_chapter_variant_and_matches_torch(op):
+    spec = OPS[op]
+    torch.manual_seed(0)
+    inputs = spec.make_inputs(37, 11, torch.float64, CPU)
+    want = spec.closure(softmax_impls.get("torch"), inputs)()
+    for name in ("naive", "max_subtracted", "logsumexp"):
+        got = spec.closure(softmax_impls.get(name), inputs)()
+        torch.testing.assert_close(got, want)  # the timed closure computes what the op's name says
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+def test_plan_puts_torch_first_and_applies_overrides():
+    preset = THROUGHPUT_PRESETS["quick"]
+    units = plan(preset, ["naive", "torch", "logsumexp"])
+    assert units[0].variant == "torch" and units[1].variant in ("naive", "logsumexp")
+    assert len(units) == len({(u.variant, u.op, u.rows, u.cols, u.dtype) for u in units})
+    repeated = [u for u in units if u.repeat]
+    assert [(u.variant, u.op, u.rows, u.cols, u.dtype) for u in repeated] == [
+        ("torch", "softmax_fwd", 4096, 4096, "float32")]
+    small = plan(preset, ["naive"], ops=["ce_fwd"], dtypes=["float64"], shapes=[(7, 3)])
+    assert {(u.op, u.rows, u.cols, u.dtype) for u in small} == {("ce_fwd", 7, 3, "float64")}
+
+
+def test_presets_cover_the_issue_shapes():
+    def shapes(name):
+        return {s for b in THROUGHPUT_PRESETS[name].blocks for s in b.shapes}
+    assert {(256, 10), (60000, 10), (4096, 32768), (1024, 131072)} <= shapes("default")
+    assert {(256, 10), (60000, 10), (4096, 4096)} <= shapes("quick")
+    assert max(r * c for r, c in shapes("gpu")) > 4096 * 32768
+    assert {"float32", "float16", "bfloat16", "float64"} <= {d for b in THROUGHPUT_PRESETS["gpu"].blocks
+                                                            for d in b.dtypes}
+
+
+# --- failing variants become rows -----------------------------------------------------------------------
+
+def _raise_oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+
+def _raise_value(*args, **kwargs):
+    raise ValueError("this kernel does not handle 100 columns")
+
+
+FAKES = [
+    Variant("fake_oom", "always out of memory", softmax=_raise_oom, cross_entropy=_raise_oom),
+    Variant("fake_error", "always raises", softmax=_raise_value, cross_entropy=_raise_value),
+    Variant("fake_cuda_only", "GPU kernel", softmax=_raise_value, cross_entropy=_raise_value, devices=("cuda",)),
+    Variant("fake_f16_only", "half only", softmax=_raise_value, cross_entropy=_raise_value,
+            dtypes=(torch.float16,)),
+    Variant("fake_no_dep", "needs a missing package", softmax=_raise_value, cross_entropy=_raise_value,
+            unavailable=lambda device: "needs the package 'quack', not installed"),
+]
+
+
+def test_fake_variants_give_oom_error_skipped_rows_and_the_sweep_goes_on(tmp_path, capsys):
+    run = Run.create(tmp_path)
+    variants = [*FAKES, softmax_impls.get("torch"), softmax_impls.get("naive")]
+    written = throughput_into(run, variants, CPU, _preset(), summary=True)
+    df = run.read("throughput")
+    assert len(df) == len(written)
+    status = {r.variant: (r.status, r.message) for r in df[df["metric"] == "median_s"].itertuples()}
+    assert status["fake_oom"][0] == "oom" and "out of memory" in status["fake_oom"][1]
+    assert status["fake_error"] == ("error", "ValueError: this kernel does not handle 100 columns")
+    assert status["fake_cuda_only"][0] == "skipped" and "cuda" in status["fake_cuda_only"][1]
+    assert status["fake_f16_only"][0] == "skipped" and "float32" in status["fake_f16_only"][1]
+    assert status["fake_no_dep"] == ("skipped", "needs the package 'quack', not installed")
+    for name in [v.name for v in FAKES]:
+        assert (df["variant"] == name).sum() == 1  # one row per failed unit, value empty
+    # the real variants after the failures were measured completely
+    for name in ("torch", "naive"):
+        got = df[df["variant"] == name]
+        assert list(got["metric"]) == list(METRICS) and set(got["status"]) == {"ok"}
+        value = dict(zip(got["metric"], got["value"], strict=True))
+        assert value["gbps"] == pytest.approx(2 * 64 * 100 * 4 / value["median_s"] / 1e9)
+        assert value["roofline_frac"] == pytest.approx(value["gbps"] / value["copy_gbps"])
+        assert value["p20_s"] <= value["median_s"] <= value["p80_s"] and value["peak_bytes"] > 0
+        assert value["threads"] == torch.get_num_threads() and value["overhead_s"] < 20e-6
+    torch_median = df[(df["variant"] == "torch") & (df["metric"] == "median_s")]["value"].item()
+    naive = df[df["variant"] == "naive"].set_index("metric")["value"]
+    assert naive["speedup_vs_torch"] == pytest.approx(torch_median / naive["median_s"])
+    out = capsys.readouterr().out
+    assert "fake_oom" in out and "oom" in out and "not measured: " in out
+
+
+def test_speedup_without_torch_selected_uses_a_hidden_baseline(tmp_path):
+    run = Run.create(tmp_path)
+    throughput_into(run, [softmax_impls.get("naive")], CPU, _preset(ops=("ce_fwd",)), summary=False)
+    df = run.read("throughput")
+    assert set(df["variant"]) == {"naive"}  # the baseline's own rows are not stored
+    speedup = df[df["metric"] == "speedup_vs_torch"]
+    assert speedup["status"].item() == "ok" and speedup["value"].item() > 0
+
+
+def test_repeat_rows_and_summary(tmp_path, capsys):
+    repeats = (RepeatCheck("torch", "softmax_fwd", 64, 100, "float32"),)
+    run = Run.create(tmp_path)
+    throughput_into(run, [softmax_impls.get("torch")], CPU, _preset(repeats=repeats))
+    df = run.read("throughput")
+    assert list(df["metric"]) == expected_metrics(True)
+    text = summary_table(df, "cpu")
+    assert "repeat: torch softmax_fwd 64x100 float32" in text and "timer overhead:" in text
+    assert "softmax_fwd" in capsys.readouterr().out
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "4096by10"], "is not ROWSxCOLS"),
+    (["--op", "softmax_bwd"], "unknown op 'softmax_bwd'"),
+    (["--dtype", "int8"], "unknown dtype"),
+    (["--quick", "--preset", "default"], "--quick asks for the quick preset"),
+    (["--preset", "huge"], "unknown throughput preset"),
+    (["--variant", "nope"], "unknown variant 'nope'"),
+    (["--threads", "0"], "positive number of threads"),
+    (["--resume", "/nonexistent/run"], "is not a folder"),
+])
+def test_user_mistakes_are_one_paragraph_exit_2(argv, message, tmp_path, capsys):
+    assert main(["throughput", "--results-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and "Traceback" not in err
+
+
+# --- resume after a real interruption --------------------------------------------------------------------
+
+def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
+    """Start `softmax-bench throughput --quick` (narrowed to small shapes), SIGKILL it once rows exist,
+    resume it with --resume, and check that every unit is there exactly once."""
+    exe = ROOT / ".venv" / "bin" / "softmax-bench"
+    if not exe.exists():
+        pytest.skip("needs the installed console script (make setup)")
+    narrow = ["--quick", "--shape", "256x10", "--variant", "torch", "--variant", "naive",
+              "--threads", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(exe), "throughput", "--results-dir", str(tmp_path), *narrow], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        csv = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(tmp_path.glob("*/throughput.csv"))
+            if found and found[0].read_bytes().count(b"\n") > 40:  # header + a few units
+                csv = found[0]
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        assert csv is not None, "no rows appeared in time"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    before = csv.read_bytes()
+    kept = before[: before.rfind(b"\n") + 1]  # a kill mid-write may leave half a line; the rest must survive
+    run_dir = csv.parent
+    done = subprocess.run([str(exe), "throughput", "--resume", str(run_dir), *narrow], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = csv.read_bytes()
+    assert after.startswith(kept)
+    df = Run.open(run_dir).read("throughput")
+    assert df.attrs["problems"] == []
+    assert not df.duplicated(list(ROW_KEY)).any()
+    units = plan(THROUGHPUT_PRESETS["quick"], ["torch", "naive"], shapes=[(256, 10)])
+    for u in units:
+        got = df[(df["variant"] == u.variant) & (df["op"] == u.op) & (df["rows"] == u.rows)
+                 & (df["cols"] == u.cols) & (df["dtype"] == u.dtype)]
+        if len(got) == 1:
+            assert got["status"].item() != "ok"
+        else:
+            assert sorted(got["metric"]) == sorted(expected_metrics(u.repeat)), u
+    assert df.groupby(list(UNIT_KEY)).ngroups == len(units)
+    assert len(Run.open(run_dir).info["commands"]) == 2
+    assert "units to measure" in done.stderr and f"of {len(units)} units" in done.stderr
