@@ -71,7 +71,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
             module = importlib.import_module(module_name)
             getattr(module, f"add_arguments_{command}")(p)
             modules[command] = module
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a SyntaxError in one study must not hide the others
             # One missing study must not take the whole tool down; the command reports why when used.
             modules[command] = exc
     return parser, modules

@@ -73,7 +73,13 @@ class Doc:
         if df is not None and not df.empty:
             self.blocks.append(("table", (df, caption)))
 
-    def figure(self, path: Path | None, caption: str) -> None:
+    def figure(self, draw: Any, caption: str, *args: Any) -> None:
+        """Draw a figure with `draw(*args)`; a figure that fails becomes a sentence, never a crash."""
+        try:
+            path = draw(*args)
+        except Exception as exc:  # one bad figure must not cost the reader the rest of the report
+            self.p(f"(A figure could not be drawn: {caption.split(':')[0]}: {type(exc).__name__}: {exc})")
+            return
         if path is not None:
             self.blocks.append(("fig", (path, caption)))
 
@@ -192,11 +198,13 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
         for dev in sorted(set(wide["device_name"])) if not wide.empty else []:
             slug = _slug(dev)
             doc.h3(f"{dev}")
-            doc.figure(F.bandwidth(wide, dev, palette, out / f"bandwidth-{slug}.png"),
+            doc.figure(F.bandwidth,
                        f"Effective bandwidth vs row length on {dev}, per dtype and op; dashed: measured copy "
-                       "bandwidth (the roofline). Where several shapes share a row length, the one with most rows.")
-            doc.figure(F.speedup(wide, dev, palette, out / f"speedup-{slug}.png"),
-                       f"Speed relative to torch on {dev} at every measured shape (log scale; above 1 is faster).")
+                       "bandwidth (the roofline). Where several shapes share a row length, the one with most rows.",
+                       wide, dev, palette, out / f"bandwidth-{slug}.png")
+            doc.figure(F.speedup,
+                       f"Speed relative to torch on {dev} at every measured shape (log scale; above 1 is faster).",
+                       wide, dev, palette, out / f"speedup-{slug}.png")
         if not wide.empty:
             for dtype in _ordered(set(wide["dtype"]), ("float32", "bfloat16", "float16", "float64")):
                 for op in sorted(set(wide["op"])):
@@ -212,14 +220,15 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
     else:
         doc.ul(T.stability_reading(cells, bundle))
         for dev in sorted(set(cells["device_name"])):
-            doc.figure(F.stability_heatmap(cells, dev, out / f"stability-{_slug(dev)}.png"),
+            doc.figure(F.stability_heatmap,
                        f"Stability on {dev}: pass (green) or fail (red) per variant, input family and dtype; "
-                       "the number is the largest relative error in units of the dtype's unit roundoff u.")
+                       "the number is the largest relative error in units of the dtype's unit roundoff u.",
+                       cells, dev, out / f"stability-{_slug(dev)}.png")
         doc.table(T.stability_table(cells), "Per family: result and largest relative error (units of u)")
     if bundle.has("thresholds"):
-        doc.figure(F.thresholds(bundle.tables["thresholds"], palette, out / "thresholds.png"),
+        doc.figure(F.thresholds,
                    "Thresholds: the largest logit magnitude at which each variant's output is still finite and "
-                   "within tolerance, per dtype.")
+                   "within tolerance, per dtype.", bundle.tables["thresholds"], palette, out / "thresholds.png")
         doc.table(T.thresholds_table(bundle), "Thresholds per variant, op, kind and dtype")
         doc.table(T.probes(bundle), "The probe rows the thresholds were searched on")
     elif bundle.has("stability"):
@@ -232,16 +241,16 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
         doc.p("No run holds training.csv: not trained (run `softmax-bench train --regime all --resume RUN`).")
     else:
         doc.ul(T.training_reading(final))
-        doc.figure(F.training_curves(bundle.tables["training"], final, _steps_per_epoch(bundle), palette,
-                                     out / "training.png"),
+        doc.figure(F.training_curves,
                    "Train loss (log scale), train accuracy and test accuracy per epoch, one column per regime; "
-                   "✕ marks where a run's loss first became non-finite.")
+                   "✕ marks where a run's loss first became non-finite.",
+                   bundle.tables["training"], final, _steps_per_epoch(bundle), palette, out / "training.png")
         doc.table(T.training_table(final), "Last epoch of every training run")
     pr = bundle.tables["predictions"]
     if not pr.empty:
         grid = _grid_rows(pr)
-        doc.figure(F.prediction_grid(grid, FASHION_LABELS, out / "predictions.png"),
-                   "The chapter's predict_ch3: the first test images, true and predicted labels.")
+        doc.figure(F.prediction_grid, "The chapter's predict_ch3: the first test images, true and predicted labels.",
+                   grid, FASHION_LABELS, out / "predictions.png")
         doc.table(T.predictions_table(bundle), "Predictions of every variant on the same images (✗ = wrong)")
     elif bundle.has("training"):
         doc.p("No predictions.csv: the prediction grid is not shown.")

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
@@ -152,13 +153,17 @@ def stability_heatmap(cells: pd.DataFrame, device_name: str, path: Path) -> Path
             codes[i, j] = RESULT_CODES.get(r["result"], 3)
             err = r["max_err_u"]
             label = {"pass": "", "fail": "✗ ", "error": "err ", "skipped": "skip"}.get(r["result"], "")
-            if not (isinstance(err, float) and math.isnan(err)):
+            nonfinite = r["nonfinite"]
+            if r["result"] == "fail" and isinstance(nonfinite, float) and nonfinite > 0:
+                label += "inf/NaN"  # the error of the finite outputs alone would understate the failure
+            elif not (isinstance(err, float) and math.isnan(err)):
                 label += "∞" if math.isinf(err) else (f"{err:.0e}" if err >= 1e3 else f"{err:.3g}")
             text[i, j] = label
         sns.heatmap(pd.DataFrame(codes, index=variants, columns=families), ax=ax, cmap=RESULT_COLOURS,
                     vmin=-0.5, vmax=3.5, cbar=False, annot=pd.DataFrame(text), fmt="", linewidths=0.5,
                     linecolor="white", annot_kws={"fontsize": 8})
-        ax.set_title(f"{dtype}: max relative error in units of u (✗ = failed)", fontsize=10)
+        ax.set_title(f"{dtype}: max relative error in units of u (✗ = failed; inf/NaN = non-finite outputs)",
+                     fontsize=10)
         ax.set_xlabel("input family")
         ax.set_ylabel("variant")
         ax.tick_params(axis="x", rotation=30, labelsize=8)
@@ -178,7 +183,13 @@ def thresholds(th: pd.DataFrame, palette: dict[str, Any], path: Path) -> Path | 
         return None
     op = "softmax" if "softmax" in set(d["op"]) else sorted(set(d["op"]))[0]
     d = d[d["op"] == op]
-    d["magnitude"] = d["threshold"].abs().clip(lower=1e-3)
+    # "never broke" is stored as inf (or the dtype's max): such bars are drawn hatched at the top of the axis
+    top = d["dtype"].map(lambda t: float(torch.finfo(getattr(torch, t)).max) if hasattr(torch, t) else math.inf)
+    d["never"] = d["threshold"].abs() >= 0.99 * top
+    broke = d.loc[~d["never"], "threshold"].abs().clip(lower=1e-3)
+    ceiling = float(broke.max()) * 8 if len(broke) else 1000.0
+    floor = max(float(broke.min()) / 4, 1e-3) if len(broke) else 1.0
+    d["magnitude"] = d["threshold"].abs().where(~d["never"], ceiling).clip(lower=1e-3)
     kinds = sorted(set(d["kind"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.0 * len(kinds), 4.0), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=False):
@@ -186,13 +197,21 @@ def thresholds(th: pd.DataFrame, palette: dict[str, Any], path: Path) -> Path | 
         order = [t for t in ("float64", "float32", "float16", "bfloat16") if t in set(g["dtype"])]
         sns.barplot(g, x="dtype", y="magnitude", hue="variant", palette=palette, order=order, ax=ax)
         ax.set_yscale("log")
+        ax.set_ylim(floor, ceiling * 3)
+        for bar in ax.patches:
+            if bar.get_height() >= ceiling * 0.999:
+                bar.set_hatch("///")
+                bar.set_alpha(0.45)
+            elif bar.get_height() > 0:
+                ax.annotate(f"{bar.get_height():.4g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7, rotation=90)
         ax.set_title(f"{kind} ({op})", fontsize=10)
         ax.set_xlabel("dtype")
         ax.set_ylabel("threshold |logit| (log scale)")
         if ax.get_legend():
             ax.get_legend().set_title("variant")
-    fig.suptitle("Where each variant stops being correct (higher is better; bars at the dtype's maximum "
-                 "never broke)", fontsize=12)
+    fig.suptitle("Where each variant stops being correct (higher is better; hatched bars at the top: never broke "
+                 "within the dtype's range)", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -530,7 +530,8 @@ def training_reading(final: pd.DataFrame) -> list[str]:
         text = f"{regime}: "
         if len(kept):
             lo, hi = kept["test_acc"].min(), kept["test_acc"].max()
-            names = ", ".join(sorted(set(kept["variant"])))
+            several = g["dtype"].nunique() > 1  # name the dtype when a regime trains in more than one
+            names = ", ".join(sorted(set(kept["variant"] + (" (" + kept["dtype"] + ")" if several else ""))))
             text += (f"{names} kept finite losses and reached test accuracy {fmt(lo)}"
                      + (f" to {fmt(hi)}" if hi - lo > 5e-4 else ""))
         if len(div):

@@ -36,8 +36,8 @@ this one, both measured in this run.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -396,6 +396,22 @@ class _Sweep:
         return rows
 
 
+def _busy_warning(device: torch.device) -> str | None:
+    """A warning when other jobs keep the CPU busy: with every core in use by torch's OpenMP threads, a
+    barrier waits for a descheduled thread (a 15 us call then takes 15 ms here)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and threads > 1 and load > cores - 0.5:
+        return (f"warning: load average {load:.1f} on {cores} cores; other jobs compete with torch's "
+                f"{threads} threads and timings will be noisy (rows flag it as unstable). --threads 1 "
+                f"degrades far less on a shared machine.")
+    return None
+
+
 def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset, *,
                     ops: Sequence[str] | None = None, dtypes: Sequence[str] | None = None,
                     shapes: Sequence[tuple[int, int]] | None = None, flush_l2: bool = True,
@@ -416,6 +432,9 @@ def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device,
     todo = [(u, missing) for u in units if (missing := sweep.missing(u)) is not None]
     log(f"throughput: {len(todo)} of {len(units)} units to measure on {device} (preset {preset.name}, "
         f"{allocator}, torch threads {torch.get_num_threads()}) into {run.path}")
+    busy = _busy_warning(device)
+    if busy and todo:
+        log(busy)
     if todo:
         sweep.overhead = timer_overhead(device, preset.timer, flush_l2=flush_l2).median
     written: list[ThroughputRow] = []
@@ -425,7 +444,8 @@ def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device,
             rows = [r for r in rows if r.metric in missing]  # completing a unit cut mid-write: no duplicates
         run.append(*rows)
         written += rows
-        gc.collect()
+        # No gc.collect() per unit: with torch loaded it costs ~0.4 s here, and refcounting already frees
+        # each unit's tensors when measure() returns (classify_failure collects after an OOM).
     if summary:
         print(summary_table(run.read(TABLE), str(device)))
     return written
@@ -446,8 +466,8 @@ def _ok_value(table: dict[tuple, Any], key: tuple) -> float | None:
     return None if hit is None or hit.status != "ok" else float(hit.value)
 
 
-def summary_table(df: pd.DataFrame, device: str | None = None) -> str:
-    """Variant x (op, shape, dtype): GB/s, % of copy bandwidth, speedup vs torch; then the run's checks.
+def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block: int = 5) -> str:
+    """Per op: variant x shape/dtype cells 'GB/s  % of copy bandwidth  speedup vs torch'; then the checks.
 
     A pure function of stored rows, so the same table prints for a resumed or merged run.
     """
@@ -456,30 +476,37 @@ def summary_table(df: pd.DataFrame, device: str | None = None) -> str:
     if df.empty:
         return "no throughput rows."
     variants = sorted(df["variant"].unique(), key=lambda name: (name != BASELINE, name))
-    cells: dict[tuple, dict[str, str]] = {}
     value = {(r.variant, r.op, r.rows, r.cols, r.dtype, r.metric): r for r in df.itertuples(index=False)}
+    cells: dict[str, dict[tuple[int, int, str], dict[str, str]]] = {}
     for (var, op, rows, cols, dtype, metric), r in value.items():
         if metric != "median_s":
             continue
-        key = (op, rows, cols, dtype)
         if r.status != "ok":
             text = r.status
         else:
             gbps, roof, speed = (_ok_value(value, (var, op, rows, cols, dtype, name))
                                  for name in ("gbps", "roofline_frac", "speedup_vs_torch"))
-            text = f"{gbps:7.2f} " if gbps is not None else "      ? "
-            text += f"{roof:4.0%} " if roof is not None else "   ? "
-            text += f"{speed:4.2f}x" if speed is not None else "   ?x"
-        cells.setdefault(key, {})[var] = text
-    width = 19
-    head = f"{'op':16s} {'shape':>12s} {'dtype':9s} " + " ".join(f"{v[:width]:>{width}s}" for v in variants)
-    lines = [f"throughput on {device or 'all devices'}: GB/s (fewest bytes), % of copy bandwidth, speedup vs torch",
-             head, "-" * len(head)]
+            text = (f"{gbps:.3g}" if gbps is not None else "?") + " "
+            text += (f"{roof:.0%}" if roof is not None else "?") + " "
+            text += f"{speed:.2f}x" if speed is not None else "?x"
+        cells.setdefault(op, {}).setdefault((int(rows), int(cols), dtype), {})[var] = text
+    lines = [f"throughput on {device or 'all devices'}: cells are GB/s (fewest bytes), % of the copy bandwidth "
+             f"of the same buffer, speedup vs {BASELINE}"]
+    name_w = max(len(v) for v in variants)
     order = {op: i for i, op in enumerate(THROUGHPUT_OPS)}
-    for key in sorted(cells, key=lambda k: (order.get(k[0], 99), k[1] * k[2], k[1], k[3])):
-        op, rows, cols, dtype = key
-        lines.append(f"{op:16s} {f'{rows}x{cols}':>12s} {dtype:9s} "
-                     + " ".join(f"{cells[key].get(v, '-'):>{width}s}" for v in variants))
+    for op in sorted(cells, key=lambda o: (order.get(o, 99), o)):
+        keys = sorted(cells[op], key=lambda k: (k[0] * k[1], k[0], k[2]))
+        for start in range(0, len(keys), columns_per_block):
+            chunk = keys[start:start + columns_per_block]
+            heads = [f"{r}x{c} {d}" for r, c, d in chunk]
+            width = max(16, *(len(h) for h in heads))
+            lines.append("")
+            lines.append(f"{op:{name_w}s} " + " ".join(f"{h:>{width}s}" for h in heads))
+            for var in variants:
+                row = [cells[op][k].get(var, "-") for k in chunk]
+                if all(c == "-" for c in row):
+                    continue
+                lines.append(f"{var:{name_w}s} " + " ".join(f"{c:>{width}s}" for c in row))
 
     lines.append("")
     for r in df[(df["metric"] == "repeat_diff_frac") & (df["status"] == "ok")].itertuples(index=False):

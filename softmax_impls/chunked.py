@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from softmax_impls import Variant
-from softmax_impls.contract import ALL_DTYPES, Contract
+from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
 # Elements of float32 work space per chunk: 16M elements = 64 MiB.
@@ -152,7 +152,9 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
+        # measured: -log(1 + tiny) rounds to 0 in float32/float64; half inputs are computed in float32, where
+        # a loss that small for float16/bfloat16 survives, so those pass
+        expected_failures={"confident_correct": ("float64", "float32")},
         notes="logsumexp's formula per chunk; extra memory one float32 chunk, not [N, C]",
     ),
 )

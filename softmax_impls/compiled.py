@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import functools
 import shutil
+import types
 from collections.abc import Callable
 
 import torch
 
 from softmax_impls import Variant
-from softmax_impls.contract import ALL_DTYPES, Contract
+from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
 
@@ -41,36 +42,50 @@ def _acc(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _row_sum(e: Tensor) -> Tensor:
+    # Inductor's CPU reduction adds each of its 8 vector lanes sequentially: for 16384-long float32 rows that
+    # drifts past 100 u (measured by `softmax-bench check compiled`), where torch's cascade sum stays small.
+    # Accumulating float32 in float64 (converted inside the same fused loop) costs little and removes it.
+    if e.dtype == torch.float32:
+        return e.double().sum(-1, keepdim=True).float()
+    return e.sum(-1, keepdim=True)
+
+
 def _softmax_last(x: Tensor) -> Tensor:
     xf = _acc(x)
     e = torch.exp(xf - _shift(xf))
-    return (e / e.sum(-1, keepdim=True)).to(x.dtype)
+    return (e / _row_sum(e)).to(x.dtype)
 
 
 def _log_softmax_last(x: Tensor) -> Tensor:
     xf = _acc(x)
     shifted = xf - _shift(xf)
-    return (shifted - torch.log(torch.exp(shifted).sum(-1, keepdim=True))).to(x.dtype)
+    return (shifted - torch.log(_row_sum(torch.exp(shifted)))).to(x.dtype)
 
 
 def _cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     xf = _acc(logits)
     shift = _shift(xf)
-    lse = torch.log(torch.exp(xf - shift).sum(-1, keepdim=True))
+    lse = torch.log(_row_sum(torch.exp(xf - shift)))
     # (shift - x[t]) + lse: the loss without materialising the [N, C] log-softmax.
     return ((shift - xf.gather(1, target.unsqueeze(1))) + lse).squeeze(1).to(logits.dtype)
 
 
 @functools.cache
-def _compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+def _compiled(fn: Callable[..., Tensor], dtype: torch.dtype, grad: bool) -> Callable[..., Tensor]:
+    # Dynamo keeps its cache (and its recompile limit, 8) on the code object, so every dtype and grad mode
+    # would share one budget and a sweep over four dtypes would exhaust it. A fresh copy of the code object
+    # per (function, dtype, grad mode) gives each its own cache.
+    fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, f"{fn.__name__}_{dtype}_{grad}")
+    return torch.compile(fresh, dynamic=True, fullgraph=True)
 
 
 def _call(fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
     reason = unavailable(args[0].device)
     if reason is not None:
         raise RuntimeError(f"compiled variant unavailable: {reason}")
-    return _compiled(fn)(*args)
+    x = args[0]
+    return _compiled(fn, x.dtype, x.requires_grad and torch.is_grad_enabled())(*args)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -118,7 +133,9 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
+        # measured: -log(1 + tiny) rounds to 0 in float32/float64; half inputs are computed in float32, where
+        # a loss that small for float16/bfloat16 survives, so those pass
+        expected_failures={"confident_correct": ("float64", "float32")},
         notes="same formula as logsumexp, fused by Inductor; tiny losses round to 0",
     ),
     unavailable=unavailable,

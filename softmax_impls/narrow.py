@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from softmax_impls import Variant
-from softmax_impls.contract import ALL_DTYPES, Contract
+from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
 
@@ -150,7 +150,9 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
+        # measured: -log(1 + tiny) rounds to 0 in float32/float64; half inputs are computed in float32, where
+        # a loss that small for float16/bfloat16 survives, so those pass
+        expected_failures={"confident_correct": ("float64", "float32")},
         notes="narrow path when the tensor spans < 80 (float32); torch's fused kernels otherwise; "
               "tiny losses round to 0",
     ),

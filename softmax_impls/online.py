@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from softmax_impls import Variant
-from softmax_impls.contract import ALL_DTYPES, Contract
+from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
 # Columns per block. Large enough that PyTorch's per-op overhead stays small against the work of a block,
@@ -136,7 +136,9 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
+        # measured: -log(1 + tiny) rounds to 0 in float32/float64; half inputs are computed in float32, where
+        # a loss that small for float16/bfloat16 survives, so those pass
+        expected_failures={"confident_correct": ("float64", "float32")},
         notes="as stable as logsumexp (same shift, fused loss); no nan from a -inf prefix; "
               "tiny losses log1p((n-1)e^-d) still round to 0",
     ),

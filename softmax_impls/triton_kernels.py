@@ -27,7 +27,7 @@ import os
 import torch
 
 from softmax_impls import Variant
-from softmax_impls.contract import ALL_DTYPES, Contract
+from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
 
@@ -273,7 +273,9 @@ variant = Variant(
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     contract=Contract(
-        expected_failures={"confident_correct": ALL_DTYPES},
+        # measured: -log(1 + tiny) rounds to 0 in float32/float64; half inputs are computed in float32, where
+        # a loss that small for float16/bfloat16 survives, so those pass
+        expected_failures={"confident_correct": ("float64", "float32")},
         notes="logsumexp's formula in registers, accumulating in float32; tiny losses round to 0",
     ),
     unavailable=unavailable,

@@ -6,7 +6,7 @@ float64 reference, overflow thresholds found by bisection, and the chapter's tra
 Fashion-MNIST (bench.training). Rows are written with Run.append in the schema the studies use.
 
 A "regression" is made real too: `swap` runs one variant's code under another's name (e.g. the chapter's
-naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work four times.
+naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work eight times (big enough to stand out of a loaded machine's noise).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def variants(swap: dict[str, str] | None = None, slow: tuple[str, ...] = ()) -> 
         v = dataclasses.replace(code, name=name)
         if name in slow:
             sm, ce = code.softmax, code.cross_entropy
-            v = dataclasses.replace(v, softmax=lambda x, dim=-1, f=sm: [f(x, dim) for _ in range(4)][-1],
-                                    cross_entropy=lambda x, t, f=ce: [f(x, t) for _ in range(4)][-1])
+            v = dataclasses.replace(v, softmax=lambda x, dim=-1, f=sm: [f(x, dim) for _ in range(8)][-1],
+                                    cross_entropy=lambda x, t, f=ce: [f(x, t) for _ in range(8)][-1])
         out.append(v)
     return out
 
