@@ -23,6 +23,7 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,8 +44,6 @@ def write_idx_folder(ds: FashionMNIST, root: Path) -> None:
 
 def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[float, float, float]:
     """The chapter's code, nearly verbatim. Returns (train loss, train acc, test acc) of the last epoch."""
-    import warnings
-
     import torchvision
     from torch.utils import data
     from torchvision import transforms
@@ -112,10 +111,6 @@ def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[flo
         return metric[0] / metric[2], metric[1] / metric[2]
 
     lr = 0.1
-    # The chapter's own code warns (4 workers on a 2-core box; float() of a tensor that requires grad):
-    # that is what it does, so the warnings are silenced rather than the code changed.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
-    warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
     for epoch in range(epochs):
         train_loss, train_acc = train_epoch_ch3(net, train_iter, cross_entropy, lambda n: sgd([W, b], lr, n))
         test_acc = evaluate_accuracy(net, test_iter)
@@ -154,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             write_idx_folder(ds, Path(tmp))
             del ds, data
             start = time.perf_counter()
-            loss, train_acc, test_acc = chapter_pipeline(Path(tmp), args.epochs, args.seed,
-                                                         log=lambda m: print(m, file=sys.stderr, flush=True))
+            with warnings.catch_warnings():
+                # The chapter's code warns (4 workers on a 2-core box; float() of a tensor that requires
+                # grad): that is what it does, so the warnings are silenced rather than the code changed.
+                warnings.simplefilter("ignore", UserWarning)
+                loss, train_acc, test_acc = chapter_pipeline(Path(tmp), args.epochs, args.seed,
+                                                             log=lambda m: print(m, file=sys.stderr, flush=True))
             chapter_s = time.perf_counter() - start
         print(f"chapter: {chapter_s:7.2f} s (torchvision + ToTensor + DataLoader, {CHAPTER_WORKERS} workers); "
               f"train loss {loss:.4f}, train acc {train_acc:.4f}, test acc {test_acc:.4f}")

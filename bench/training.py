@@ -283,10 +283,12 @@ def train_one(variant: Variant, regime: Regime, data: DeviceData, device: torch.
     def on_step(step: int, loss_sums: torch.Tensor) -> None:
         bar.update(1)
         if progress.interactive() and step % 20 == 0:  # reading the loss syncs a GPU: only for the bar
-            bar.set_postfix(loss=f"{float(loss_sums[step]) / regime.batch_size:.4f}", refresh=False)
+            bar.set_postfix(epoch=bar.n // steps_per_epoch + 1,
+                            loss=f"{float(loss_sums[step]) / regime.batch_size:.4f}", refresh=False)
 
     sync(device)
     start = time.perf_counter()
+    outside = 0.0  # seconds spent in on_epoch (writing rows), left out of the run's time
     with cpu_threads(device), contextlib.closing(bar):
         for epoch in range(1, regime.epochs + 1):
             stats = train_epoch(net, data.X_train, data.y_train, regime.lr, regime.batch_size, gen, on_step)
@@ -301,9 +303,12 @@ def train_one(variant: Variant, regime: Regime, data: DeviceData, device: torch.
                 progress.log(f"[{label}] epoch {epoch}/{regime.epochs}: train loss {stats.train_loss:.4f}, "
                              f"train acc {stats.train_acc:.4f}, test acc {test_acc:.4f}")
             if on_epoch is not None:
+                sync(device)
+                mark = time.perf_counter()
                 on_epoch(result, epoch_stats)
+                outside += time.perf_counter() - mark
         sync(device)
-        result.seconds = time.perf_counter() - start
+        result.seconds = time.perf_counter() - start - outside
     if result.diverged_step is not None:
         result.message = f"loss non-finite from step {result.diverged_step}"
     with cpu_threads(device):
@@ -326,9 +331,6 @@ def predict(net: Model, data: DeviceData, images: torch.Tensor | None, n: int = 
 
 
 # --- many runs into a run folder --------------------------------------------------------------------
-
-RESUME_KEY = ("variant", "regime", "device", "dtype", "seed", "metric")
-
 
 def _row(result: TrainResult, epoch: int | None, metric: str, value: float | None, status: str = "ok",
          message: str = "") -> TrainingRow:

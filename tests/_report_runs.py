@@ -6,7 +6,8 @@ float64 reference, overflow thresholds found by bisection, and the chapter's tra
 Fashion-MNIST (bench.training). Rows are written with Run.append in the schema the studies use.
 
 A "regression" is made real too: `swap` runs one variant's code under another's name (e.g. the chapter's
-naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work eight times (big enough to stand out of a loaded machine's noise).
+naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work eight times (big enough
+to stand out of a loaded machine's noise).
 """
 
 from __future__ import annotations

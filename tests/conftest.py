@@ -11,10 +11,12 @@ import torch
 
 from bench import data
 
+
 @pytest.fixture(scope="session")
 def fashion() -> data.FashionMNIST:
     """The real dataset, from wherever bench.data finds it (no download: tests must not need the network)."""
     return data.load(download=False)
+
 
 def devices_under_test() -> list[torch.device]:
     """CPU always; the first GPU too when this machine has one."""
@@ -22,6 +24,7 @@ def devices_under_test() -> list[torch.device]:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda", 0))
     return devices
+
 
 @pytest.fixture(params=devices_under_test(), ids=str)
 def device(request: pytest.FixtureRequest) -> torch.device:

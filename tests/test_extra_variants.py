@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import softmax_impls
 from softmax_impls import accurate, chunked, narrow, online
@@ -199,9 +200,11 @@ class _LargestAllocation(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # views, detach and in-place ops reuse an input's storage and allocate nothing; only fresh storage counts
+        flat = tree_flatten((args, kwargs))[0]
+        inputs = {a.untyped_storage().data_ptr() for a in flat if isinstance(a, torch.Tensor)}
         for o in out if isinstance(out, (tuple, list)) else (out,):
-            # views (slices written in place) allocate nothing; only fresh storage counts
-            if isinstance(o, torch.Tensor) and o.is_floating_point() and o._base is None:
+            if isinstance(o, torch.Tensor) and o.is_floating_point() and o.untyped_storage().data_ptr() not in inputs:
                 name = str(func.overloadpacket)
                 self.largest[name] = max(self.largest.get(name, 0), o.numel())
         return out

@@ -111,8 +111,28 @@ def test_softmax_along_another_dim(name: str, device: torch.device) -> None:
         _assert_within(f"{name} softmax dim={dim}", got, ref, tol * _prob_scale(ref, tiny))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
-@pytest.mark.parametrize("name", NAMES)
+# Breakdowns on ordinary inputs that the study documents (strict: a fix shows up as XPASS, i.e. a failure,
+# so this table must be updated with it). The unfused -log(p[target]) differentiates through 1/p_t with p_t
+# rounded to float16, near or below its smallest normal 6.1e-5: the rounding of p_t does not cancel in the
+# chain rule, and the gradient of ordinary N(0, 1) logits comes out 6x the tolerance off (33% on a 781-class
+# row, 90x on a 20011-class one). The fused formulations (logsumexp, torch) stay within 1.05x.
+KNOWN_GRADIENT_BREAKDOWNS = {
+    ("naive", torch.float16): "unfused -log(p) gradient in float16: 1/p_t of a rounded, near-subnormal p_t",
+    ("max_subtracted", torch.float16): "unfused -log(p) gradient in float16: 1/p_t of a rounded, subnormal p_t",
+}
+
+
+def _gradient_cases() -> list:
+    cases = []
+    for name in NAMES:
+        for dtype in DTYPES:
+            reason = KNOWN_GRADIENT_BREAKDOWNS.get((name, dtype))
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            cases.append(pytest.param(name, dtype, marks=marks, id=f"{name}-{dtype_name(dtype)}"))
+    return cases
+
+
+@pytest.mark.parametrize("name, dtype", _gradient_cases())
 def test_cross_entropy_gradient_is_softmax_minus_onehot(name: str, dtype: torch.dtype,
                                                         device: torch.device) -> None:
     """d/dx of sum_i w_i CE(x_i, t_i) = w_i (softmax(x_i) - onehot(t_i)), through the variant's autograd."""
