@@ -39,8 +39,9 @@ Two CPU settings decide what the numbers mean (both are recorded in run.json und
   44% here). The sweep keeps freed memory in the process, like CUDA's caching allocator does;
   ``--system-malloc`` measures glibc's default instead.
 - threads: torch uses one OpenMP thread per core. When other jobs share the cores, a parallel region waits
-  for a descheduled thread and a 15 us call takes 15 ms; the sweep warns when the load average says so, and
-  ``--threads 1`` gives stable numbers on a shared machine.
+  for a descheduled thread and a 15 us call takes 4-16 ms; so by default the sweep uses only the cores the
+  load average leaves free (:func:`choose_threads`; ``--threads N`` overrides), records the choice in
+  run.json and the thread count in every row.
 """
 
 from __future__ import annotations
@@ -406,45 +407,67 @@ class _Sweep:
         return rows
 
 
-def _busy_warning(device: torch.device) -> str | None:
-    """A warning when other jobs keep the CPU busy: with every core in use by torch's OpenMP threads, a
-    barrier waits for a descheduled thread (a 15 us call then takes 15 ms here)."""
+def choose_threads(device: torch.device, requested: int | None = None) -> tuple[int, str]:
+    """(torch CPU threads for the sweep, why). `requested` wins; else one per core that other jobs leave free.
+
+    With every core in use by torch's OpenMP threads, a parallel region waits for whichever thread the OS
+    descheduled: on this shared 2-core machine a 15 us call then takes 4-16 ms (scheduler ticks), so the
+    1-minute load average at the start (before the sweep adds its own) decides.
+    """
+    default = torch.get_num_threads()
+    if requested is not None:
+        return requested, "asked for with --threads"
+    if device.type != "cpu":
+        return default, "torch's default"
     try:
         load = os.getloadavg()[0]
     except OSError:
-        return None
+        return default, "torch's default (no load average on this system)"
     cores = os.cpu_count() or 1
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and threads > 1 and load > cores - 0.5:
-        return (f"warning: load average {load:.1f} on {cores} cores; other jobs compete with torch's "
-                f"{threads} threads and timings will be noisy (rows flag it as unstable). --threads 1 "
-                f"degrades far less on a shared machine.")
-    return None
+    free = max(1, min(default, int(cores - load + 0.5)))
+    if free < default:
+        return free, (f"load average {load:.1f} on {cores} cores: other jobs hold about {load:.0f}, so "
+                      f"{free} instead of torch's {default} (--threads N to override)")
+    return default, "torch's default, one per core"
 
 
 def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset, *,
                     ops: Sequence[str] | None = None, dtypes: Sequence[str] | None = None,
                     shapes: Sequence[tuple[int, int]] | None = None, flush_l2: bool = True,
-                    cuda_graph: bool = False, keep_memory: bool = True, summary: bool = True) -> list[ThroughputRow]:
+                    cuda_graph: bool = False, keep_memory: bool = True, threads: int | None = None,
+                    summary: bool = True) -> list[ThroughputRow]:
     """Sweep `variants` over `preset` on `device` into `run`'s throughput.csv; return the rows written now.
 
     Units the run already holds (a --resume) are not measured again. keep_memory keeps glibc from unmapping
-    freed blocks (see bench.timing.keep_freed_memory). Prints the summary table at the end when `summary`.
+    freed blocks (see bench.timing.keep_freed_memory). threads: torch CPU threads, None for
+    :func:`choose_threads`'s choice; torch's setting is restored afterwards. Prints the summary table at the
+    end when `summary`.
     """
     if not variants:
         raise UserError("no variants to measure.")
+    previous_threads = torch.get_num_threads()
+    n_threads, why = choose_threads(device, threads)
+    torch.set_num_threads(n_threads)
+    try:
+        return _sweep(run, variants, device, preset, ops, dtypes, shapes, flush_l2, cuda_graph, keep_memory,
+                      f"{n_threads} ({why})", summary)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _sweep(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset,
+           ops: Sequence[str] | None, dtypes: Sequence[str] | None, shapes: Sequence[tuple[int, int]] | None,
+           flush_l2: bool, cuda_graph: bool, keep_memory: bool, threads: str, summary: bool) -> list[ThroughputRow]:
     allocator = keep_freed_memory() if (keep_memory and device.type == "cpu") else "system allocator defaults"
     run.info.setdefault("throughput", {})[str(device)] = {
-        "preset": preset.name, "allocator": allocator, "l2_flush": flush_l2, "cuda_graph": cuda_graph}
+        "preset": preset.name, "allocator": allocator, "l2_flush": flush_l2, "cuda_graph": cuda_graph,
+        "threads": threads}
     run.save_info()
     sweep = _Sweep(run, variants, device, preset, flush_l2, cuda_graph)
     units = plan(preset, [v.name for v in variants], ops, dtypes, shapes)
     todo = [(u, missing) for u in units if (missing := sweep.missing(u)) is not None]
     log(f"throughput: {len(todo)} of {len(units)} units to measure on {device} (preset {preset.name}, "
-        f"{allocator}, torch threads {torch.get_num_threads()}) into {run.path}")
-    busy = _busy_warning(device)
-    if busy and todo:
-        log(busy)
+        f"allocator: {allocator}; torch threads: {threads}) into {run.path}")
     if todo:
         sweep.overhead = timer_overhead(device, preset.timer, flush_l2=flush_l2).median
     written: list[ThroughputRow] = []
@@ -575,8 +598,8 @@ def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graph", action="store_true", help="CUDA: time CUDA-graph replays")
     parser.add_argument("--no-l2-flush", action="store_true", help="CUDA: do not flush the L2 between calls")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: torch's own, one per core). On a machine whose cores "
-                             "other jobs share, 1 avoids OpenMP barriers waiting on a descheduled thread")
+                        help="torch CPU threads (default: one per core that the load average leaves free, so "
+                             "OpenMP barriers do not wait on threads other jobs deschedule)")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: keep glibc's default of unmapping big freed blocks (every big output "
                              "then page-faults; see bench.timing.keep_freed_memory)")
@@ -599,16 +622,15 @@ def run_throughput(args: argparse.Namespace) -> int:
     shapes = [parse_shape(s) for s in args.shape] if args.shape else None
     if args.cuda_graph and device.type != "cuda":
         raise UserError("--cuda-graph needs a CUDA device (--device cuda).")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: give a positive number of threads.")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give a positive number of threads.")
     variants = select_variants(args.variant)
-    overrides = {"ops": args.op, "dtypes": dtypes, "shapes": shapes, "threads": torch.get_num_threads()}
+    overrides = {"ops": args.op, "dtypes": dtypes, "shapes": shapes, "threads": args.threads}
     run = open_run(args, {"throughput": as_dict(preset), "overrides": overrides})
     print(f"run folder: {run.path}", file=sys.stderr)
     throughput_into(run, variants, device, preset, ops=args.op, dtypes=dtypes, shapes=shapes,
-                    flush_l2=not args.no_l2_flush, cuda_graph=args.cuda_graph, keep_memory=not args.system_malloc)
+                    flush_l2=not args.no_l2_flush, cuda_graph=args.cuda_graph, keep_memory=not args.system_malloc,
+                    threads=args.threads)
     print(f"rows in {run.csv_path(TABLE)}")
     return 0
 

@@ -32,6 +32,7 @@ from bench.throughput import (
     OPS,
     ROW_KEY,
     UNIT_KEY,
+    choose_threads,
     expected_metrics,
     plan,
     summary_table,
@@ -239,3 +240,17 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     assert df.groupby(list(UNIT_KEY)).ngroups == len(units)
     assert len(Run.open(run_dir).info["commands"]) == 2
     assert "units to measure" in done.stderr and f"of {len(units)} units" in done.stderr
+
+
+def test_thread_choice_and_restore(tmp_path, monkeypatch):
+    assert choose_threads(CPU, 3) == (3, "asked for with --threads")
+    n, why = choose_threads(CPU)
+    assert 1 <= n <= torch.get_num_threads() and why
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))  # every core busy
+    assert choose_threads(CPU)[0] == 1
+    before = torch.get_num_threads()
+    run = Run.create(tmp_path)
+    throughput_into(run, [softmax_impls.get("torch")], CPU, _preset(), threads=1, summary=False)
+    threads = run.read("throughput").set_index("metric")["value"]["threads"]
+    assert threads == 1 and torch.get_num_threads() == before  # recorded in the row, restored afterwards
+    assert run.info["throughput"]["cpu"]["threads"].startswith("1 (asked for")
