@@ -35,7 +35,7 @@ def each(iterable: Iterable[T], desc: str, total: int | None = None, describe=st
     for i, item in enumerate(progress, 1):
         label = describe(item)
         if interactive():
-            progress.set_postfix_str(label, refresh=False)
+            progress.set_postfix_str(label, refresh=True)  # show the item now being measured, not the last one
         else:
             log(f"[{desc} {i}/{n}] {label}")
         yield item

@@ -142,7 +142,7 @@ def test_fake_variants_give_oom_error_skipped_rows_and_the_sweep_goes_on(tmp_pat
         assert value["gbps"] == pytest.approx(2 * 64 * 100 * 4 / value["median_s"] / 1e9)
         assert value["roofline_frac"] == pytest.approx(value["gbps"] / value["copy_gbps"])
         assert value["p20_s"] <= value["median_s"] <= value["p80_s"] and value["peak_bytes"] > 0
-        assert value["threads"] == torch.get_num_threads() and value["overhead_s"] < 20e-6
+        assert 1 <= value["threads"] <= torch.get_num_threads() and value["overhead_s"] < 20e-6
     torch_median = df[(df["variant"] == "torch") & (df["metric"] == "median_s")]["value"].item()
     naive = df[df["variant"] == "naive"].set_index("metric")["value"]
     assert naive["speedup_vs_torch"] == pytest.approx(torch_median / naive["median_s"])
