@@ -6,8 +6,9 @@ and rejects unknown names with the list of known ones. ``as_dict`` gives what ru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from bench import UserError
 

@@ -19,10 +19,11 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -147,7 +148,7 @@ class Run:
     # -- creating and opening -------------------------------------------------------------------
     @classmethod
     def create(cls, root: Path | str = RESULTS_DIR, command: list[str] | None = None,
-               presets: dict[str, Any] | None = None) -> "Run":
+               presets: dict[str, Any] | None = None) -> Run:
         from bench.devices import machine_info
 
         root = Path(root)
@@ -168,7 +169,7 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, path: Path | str) -> "Run":
+    def open(cls, path: Path | str) -> Run:
         path = Path(path)
         meta = path / "run.json"
         if not path.is_dir():

@@ -18,9 +18,9 @@ in its own pyproject.toml, without touching this repository.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Callable
 
 import torch
 
