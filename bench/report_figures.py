@@ -66,7 +66,8 @@ def bandwidth(wide: pd.DataFrame, device_name: str, palette: dict[str, Any], pat
                          estimator=None, legend=(i == 0 and j == len(ops) - 1))
             if "copy_gbps" in cell:
                 roof = cell.groupby("cols")["copy_gbps"].median()
-                ax.plot(roof.index, roof.values, "k--", lw=1.5, label="copy (roofline)")
+                # a marker too: a panel with one row length has no line to draw, only the point
+                ax.plot(roof.index, roof.values, "k--", lw=1.5, marker="_", ms=16, mew=2, label="copy (roofline)")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(f"{dtype} · {op}", fontsize=10)
@@ -216,6 +217,9 @@ def thresholds(th: pd.DataFrame, palette: dict[str, Any], path: Path) -> Path | 
     return _save(fig, path)
 
 
+DTYPE_STYLES = {"float32": "-", "float64": "-.", "bfloat16": "--", "float16": ":"}
+
+
 def training_curves(tr: pd.DataFrame, final: pd.DataFrame, steps_per_epoch: dict[str, float],
                     palette: dict[str, Any], path: Path) -> Path | None:
     """The chapter's Animator as a static figure: loss, train acc, test acc per epoch, per regime.
@@ -226,8 +230,6 @@ def training_curves(tr: pd.DataFrame, final: pd.DataFrame, steps_per_epoch: dict
     if d.empty:
         return None
     d = d.assign(epoch=d["epoch"].astype(float), value=d["value"].astype(float))
-    d["series"] = d["variant"] + np.where(d.groupby("regime")["dtype"].transform("nunique") > 1,
-                                          " " + d["dtype"], "")
     regimes = list(dict.fromkeys(d["regime"]))
     metrics = [("train_loss", "train loss (log)"), ("train_acc", "train accuracy"), ("test_acc", "test accuracy")]
     fig, axes = plt.subplots(3, len(regimes), figsize=(4.3 * len(regimes), 9), squeeze=False, sharex="col")
@@ -238,12 +240,10 @@ def training_curves(tr: pd.DataFrame, final: pd.DataFrame, steps_per_epoch: dict
             m = g[g["metric"] == metric].replace([np.inf, -np.inf], np.nan)
             if metric == "train_loss":
                 m = m[m["value"] > 0]
-            styles = {s: ("-" if "bfloat16" not in s else "--") for s in set(m["series"])}
-            for series, s in m.groupby("series"):
-                variant = s["variant"].iloc[0]
+            for (variant, dtype), s in m.groupby(["variant", "dtype"]):
                 s = s.sort_values("epoch")
-                ax.plot(s["epoch"], s["value"], marker="o", ms=3, ls=styles[series],
-                        color=palette.get(variant), label=series)
+                ax.plot(s["epoch"], s["value"], marker="o", ms=3, ls=DTYPE_STYLES.get(dtype, "-."),
+                        color=palette.get(variant))
             if metric == "train_loss":
                 ax.set_yscale("log")
             else:
@@ -261,18 +261,15 @@ def training_curves(tr: pd.DataFrame, final: pd.DataFrame, steps_per_epoch: dict
                 ax.set_title(regime, fontsize=11)
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    handles.append(plt.Line2D([], [], marker="X", color="grey", ls="none", markeredgecolor="k", ms=9))
-    labels.append("loss became non-finite (diverged)")
-    fig.legend(handles, labels, loc="upper center", ncol=min(5, len(labels)), bbox_to_anchor=(0.5, 1.0),
-               frameon=False)
-    fig.suptitle("Training curves per regime: train loss, train accuracy, test accuracy per epoch",
-                 y=1.04, fontsize=12)
+    # One legend entry per variant (colour) and per dtype (line style), beside the panels so it never covers
+    # a curve or a title: a legend entry per (variant, dtype) series grew past the figure and buried it.
+    handles = [plt.Line2D([], [], color=palette.get(v), marker="o", ms=4, label=v) for v in sorted(set(d["variant"]))]
+    handles += [plt.Line2D([], [], color="grey", ls=style, label=dtype)
+                for dtype, style in DTYPE_STYLES.items() if dtype in set(d["dtype"])]
+    handles.append(plt.Line2D([], [], marker="X", color="grey", ls="none", markeredgecolor="k", ms=9,
+                              label="loss became non-finite"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("Training curves per regime: train loss, train accuracy, test accuracy per epoch", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 

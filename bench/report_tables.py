@@ -525,6 +525,9 @@ def training_reading(final: pd.DataFrame) -> list[str]:
         return ["No training row is stored, so there is nothing to read yet."]
     out = []
     for regime, g in final.groupby("regime", sort=False):
+        # A skipped or failed run trained nothing: it neither kept a finite loss nor diverged.
+        not_run = g[g["status"] != "ok"]
+        g = g[g["status"] == "ok"]
         kept = g[~g["diverged"]]
         div = g[g["diverged"]]
         text = f"{regime}: "
@@ -540,6 +543,9 @@ def training_reading(final: pd.DataFrame) -> list[str]:
                 at = f"step {int(r['diverged_step'])}" if not _nan(r["diverged_step"]) else "an unknown step"
                 parts.append(f"{r['variant']} ({r['dtype']}) at {at}, ending at test accuracy {fmt(r['test_acc'])}")
             text += ("; " if len(kept) else "") + "diverged to a non-finite loss: " + "; ".join(parts)
+        if len(not_run):
+            names = ", ".join(sorted(set(not_run["variant"] + " (" + not_run["status"] + ")")))
+            text += ("; " if len(g) else "") + f"not trained: {names}"
         out.append(text + ".")
     return out
 
@@ -612,7 +618,8 @@ def verdict(bundle: Bundle) -> pd.DataFrame:
                 (fmt(by.get_group(v)["test_acc"].mean()) + (" (diverged)" if by.get_group(v)["diverged"].any() else ""))
                 if v in by.groups else "—" for v in variants]
         div = final[final["diverged"]]
+        trained = set(final.loc[final["status"] == "ok", "variant"])
         table["diverged in"] = [
             ", ".join(sorted(set(div.loc[div["variant"] == v, "regime"]))) or "none"
-            if v in set(final["variant"]) else "—" for v in variants]
+            if v in trained else "—" for v in variants]
     return table

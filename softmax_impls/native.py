@@ -1,0 +1,296 @@
+"""Hand-written C kernels (AVX-512) for float32 softmax, log-softmax and cross-entropy, forward and backward.
+
+The C source, softmax_impls/native_kernels.c, is compiled on first use with the system C compiler for THIS
+CPU (``-O3 -march=native``) into a cache folder and loaded with ctypes; autograd.Functions here call it with
+raw data pointers. Build failures never raise at import: the variant stays registered and
+``unavailable(device)`` gives the one-line reason, so every study records it as ``skipped``.
+
+    >>> import softmax_impls; v = softmax_impls.get("native")
+    >>> v.softmax(torch.randn(4096, 4096))          # the first call compiles (about a second), later ones load
+    >>> v.cross_entropy(logits, target)              # per-sample loss, differentiable
+
+Environment: ``SOFTMAX_BENCH_CC`` (else ``CC``, else ``cc``) names the compiler; ``SOFTMAX_BENCH_CACHE``
+(else ``$XDG_CACHE_HOME/softmax-bench``, else ``~/.cache/softmax-bench``) the cache folder. The library's
+file name is a hash of the source, the flags, the compiler's version and the OpenMP runtime it links, and
+it is written under a temporary name and renamed, so two processes never load a half-written file.
+
+Threads: exactly ``torch.get_num_threads()`` at call time (the benchmark sets it), as OpenMP threads of the
+libgomp that torch itself loaded: the build links that very file, so the kernels share torch's thread pool.
+Where torch loaded no libgomp, the kernels are built without OpenMP and run on the calling thread.
+
+Passes and bytes (M rows of N float32; a pass over a row that was just read hits L1/L2, not DRAM):
+  softmax fwd      per 8 KiB block: max (reads x), e = exp(x - m_b) into a per-thread scratch with its sum,
+                   prefetching the next block; then y = e * e^(m_b - M) / S from scratch. DRAM: read x,
+                   write y (streamed past the cache when y >= 8 MiB: no read-for-ownership): 2MN*4, a copy.
+  log_softmax fwd  max; s' = sum exp(x - shift) (read again, from cache); y = (x - shift) - log1p(s').
+  softmax bwd      dot = sum(dy * y); dx = y * (dy - dot) (y, dy again from cache): 3MN*4.
+  ce fwd           max; s'; loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s') [M] each: MN*4.
+  ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: read x, write dx: 2MN*4.
+Rows of at most 32 elements (the chapter's 65536x10) run 16 rows at a time, one row per lane (see the C
+file), so the exp is vectorised across rows instead of running a 10-element loop per row.
+
+float32 runs in C; float16/bfloat16 inputs run through the float32 kernels and are cast back; float64
+falls back to torch's own fused kernels (torch.softmax, torch.log_softmax, F.cross_entropy).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from softmax_impls import Variant
+from softmax_impls.contract import Contract
+
+Tensor = torch.Tensor
+
+SOURCE = Path(__file__).with_name("native_kernels.c")
+CC_ENV = "SOFTMAX_BENCH_CC"
+CACHE_ENV = "SOFTMAX_BENCH_CACHE"
+# No -ffast-math: it would let the compiler assume no inf/nan, and the kernels' special values rely on them.
+FLAGS = ("-O3", "-march=native", "-fPIC", "-std=gnu11")
+BUILD_TIMEOUT_S = 120
+
+_VP, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    "native_softmax_fwd": ([_VP, _VP, _I64, _I64, _INT, _INT], _INT),
+    "native_softmax_bwd": ([_VP, _VP, _VP, _I64, _I64, _INT, _INT], _INT),
+    "native_ce_fwd": ([_VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT], _I64),
+    "native_ce_bwd": ([_VP, _VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT], _INT),
+    "native_exp": ([_VP, _VP, _I64], None),
+    "native_log1p": ([_VP, _VP, _I64], None),
+    "native_openmp": ([], _INT),
+}
+
+
+class BuildError(RuntimeError):
+    """The kernels could not be built or loaded; the message is the one-line reason."""
+
+
+def compiler() -> list[str]:
+    """The C compiler command: $SOFTMAX_BENCH_CC, else $CC, else cc."""
+    return shlex.split(os.environ.get(CC_ENV) or os.environ.get("CC") or "cc")
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "softmax-bench"
+
+
+def torch_openmp_runtime() -> str | None:
+    """Path of the libgomp this process loaded (torch's), or None (no /proc, or torch is not on OpenMP)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libgomp") and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _first_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower():
+            return ln
+    return lines[0] if lines else "(no message)"
+
+
+def build(cc: list[str] | None = None, out_dir: Path | None = None) -> Path:
+    """Compile the kernels (unless the cache holds them) and return the library's path; BuildError otherwise."""
+    cc = cc or compiler()
+    if not cc or shutil.which(cc[0]) is None:
+        raise BuildError(f"no C compiler: {' '.join(cc) or '(empty)'!r} not found (set ${CC_ENV} to one)")
+    try:
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        source = SOURCE.read_bytes()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(f"C compiler {' '.join(cc)!r} does not run: {exc}") from exc
+    gomp = torch_openmp_runtime()
+    flags = [*FLAGS, *(["-fopenmp"] if gomp else [])]
+    link = [gomp, f"-Wl,-rpath,{os.path.dirname(gomp)}"] if gomp else []
+    key = hashlib.sha256(b"\0".join([source, " ".join(cc + flags + link).encode(), version.encode()])).hexdigest()
+    out_dir = out_dir or cache_dir()
+    target = out_dir / f"native_kernels-{key[:16]}.so"
+    if target.exists():
+        return target
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cache folder {out_dir} cannot be created: {exc}") from exc
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+        obj, lib = os.path.join(tmp, "native_kernels.o"), os.path.join(tmp, "native_kernels.so")
+        # Two steps so that the link names torch's libgomp file itself, not whichever -fopenmp would pick.
+        for cmd in ([*cc, *flags, "-c", str(SOURCE), "-o", obj], [*cc, "-shared", obj, "-o", lib, *link]):
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise BuildError(f"{' '.join(cc)} failed to run: {exc}") from exc
+            if done.returncode != 0:
+                raise BuildError(f"compiling {SOURCE.name} failed: {_first_error(done.stderr + done.stdout)}")
+        os.replace(lib, target)  # atomic: a concurrent process sees the old state or the whole file
+    return target
+
+
+def load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    for name, (args, res) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def library() -> ctypes.CDLL:
+    """The loaded kernels, built on first use; BuildError (cached, so a failure is not retried) otherwise."""
+    with _lock:
+        if "lib" not in _state and "error" not in _state:
+            try:
+                _state["lib"] = load(build())
+            except BuildError as exc:
+                _state["error"] = str(exc)
+            except OSError as exc:  # ctypes could not load what was built
+                _state["error"] = f"loading the built kernels failed: {exc}"
+        if "error" in _state:
+            raise BuildError(str(_state["error"]))
+        return _state["lib"]  # type: ignore[return-value]
+
+
+def unavailable(device: torch.device) -> str | None:
+    """None when the kernels are built and loaded, else why not (one line)."""
+    try:
+        library()
+    except BuildError as exc:
+        return f"native kernels unavailable: {exc}"
+    return None
+
+
+# -- autograd -----------------------------------------------------------------------------------------
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _checked(status: int) -> None:
+    if status < 0:
+        raise MemoryError("native kernels: out of memory for a per-thread scratch row")
+
+
+class _Softmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, log: bool) -> Tensor:  # x: contiguous float32 [M, N]
+        y = torch.empty_like(x)
+        if x.numel():
+            _checked(library().native_softmax_fwd(x.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], int(log),
+                                                  _threads()))
+        ctx.save_for_backward(y)
+        ctx.log = log
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
+        (y,) = ctx.saved_tensors
+        dy = dy.to(torch.float32).contiguous()  # a sum's gradient arrives expanded (stride 0)
+        dx = torch.empty_like(y)
+        if y.numel():
+            _checked(library().native_softmax_bwd(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.shape[0], y.shape[1],
+                                                  int(ctx.log), _threads()))
+        return dx, None
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits contiguous float32 [M, N], target int64
+        m, n = logits.shape
+        loss = torch.empty(m, dtype=torch.float32)
+        stats = torch.empty(2, m, dtype=torch.float32)  # per row: shift, log1p(s')
+        if m:
+            bad = library().native_ce_fwd(logits.data_ptr(), target.data_ptr(), loss.data_ptr(), stats[0].data_ptr(),
+                                          stats[1].data_ptr(), m, n, _threads())
+            _checked(bad)
+            if bad:
+                raise IndexError(f"cross_entropy: {bad} target(s) outside [0, {n})")
+        ctx.save_for_backward(logits, target, stats)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+        logits, target, stats = ctx.saved_tensors
+        g = g.to(torch.float32).contiguous()
+        dx = torch.empty_like(logits)
+        if logits.numel():
+            _checked(library().native_ce_bwd(logits.data_ptr(), target.data_ptr(), stats[0].data_ptr(),
+                                              stats[1].data_ptr(), g.data_ptr(), dx.data_ptr(), *logits.shape,
+                                              _threads()))
+        return dx, None
+
+
+# -- the interface ------------------------------------------------------------------------------------
+
+def _check_device(x: Tensor) -> None:
+    if x.device.type != "cpu":
+        raise ValueError(f"native kernels run on CPU tensors only, not {x.device}")
+
+
+def _rowwise(x: Tensor, dim: int, log: bool) -> Tensor:
+    _check_device(x)
+    if x.dtype == torch.float64:  # documented fallback: torch's fused kernels
+        return torch.log_softmax(x, dim) if log else torch.softmax(x, dim)
+    moved = x.movedim(dim, -1)
+    rows = moved.reshape(-1, moved.shape[-1]).to(torch.float32).contiguous()
+    y = _Softmax.apply(rows, log)
+    return y.reshape(moved.shape).movedim(-1, dim).to(x.dtype)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    return _rowwise(x, dim, log=False)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    return _rowwise(x, dim, log=True)
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    _check_device(logits)
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"cross_entropy takes logits [N, C] and target [N], not {list(logits.shape)} and "
+                         f"{list(target.shape)}")
+    if logits.dtype == torch.float64:
+        return F.cross_entropy(logits, target, reduction="none")
+    x = logits.to(torch.float32).contiguous()
+    loss = _CrossEntropy.apply(x, target.to(torch.int64).contiguous())
+    return loss.to(logits.dtype)
+
+
+variant = Variant(
+    name="native",
+    summary="hand-written AVX-512 C kernels, built on first use for this CPU, OpenMP threads of torch's pool",
+    softmax=softmax,
+    cross_entropy=cross_entropy,
+    log_softmax=log_softmax,
+    devices=("cpu",),
+    contract=Contract(
+        expected_failures={"confident_correct": ("float64",)},
+        notes="log1p(s') keeps tiny float32 losses; float64 is torch's fused kernels, where they round to 0",
+    ),
+    unavailable=unavailable,
+)
