@@ -113,6 +113,7 @@ class ThroughputPreset:
 
 _TP_OPS = THROUGHPUT_OPS
 _TP_CHAPTER = ((256, 10), (60000, 10))  # the chapter's minibatch and whole training set, 10 classes
+_TP_NARROW = (65536, 10)  # the narrow-row figure: 10 classes, a power-of-two batch
 # ~0.1-2 s calls on this CPU. Two warm-up calls: the first few calls at 512 MB page-fault while the heap
 # settles (torch's CE step ran 2.07 s, then 0.64 s once warm), which made the LM-shape repeats disagree by 69%.
 _TP_BIG_TIMER = TimerBudget(warmup=2, warmup_s=2.0, min_reps=3, budget_s=0.3)
@@ -130,6 +131,7 @@ THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
             "quick", "about a minute on a 2-core CPU: the chapter's shapes, 4096x4096 softmax, an LM-vocabulary CE",
             blocks=(
                 SweepBlock(_TP_OPS, _TP_CHAPTER, ("float32",)),
+                SweepBlock(("softmax_fwd", "softmax_fwd_bwd", "ce_fwd_bwd"), (_TP_NARROW,), ("float32",)),
                 SweepBlock(("softmax_fwd",), ((4096, 4096),), ("float32",), timer=_TP_BIG_TIMER),
                 SweepBlock(("ce_fwd_bwd",), ((256, 32768),), ("float32",), timer=_TP_BIG_TIMER),
             ),
@@ -142,6 +144,7 @@ THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
             # this CPU, ~8 s a unit) one op per shape: the CE training step and the sampling softmax.
             blocks=(
                 SweepBlock(_TP_OPS, _TP_CHAPTER, ("float32", "float64")),
+                SweepBlock(_TP_OPS, (_TP_NARROW,), ("float32",)),
                 SweepBlock(_TP_OPS, ((1024, 4096),), ("float32", "bfloat16")),
                 SweepBlock(_TP_OPS, ((4096, 4096),), ("float32",), timer=_TP_BIG_TIMER),
                 SweepBlock(("ce_fwd_bwd",), ((4096, 32768),), ("float32",), timer=_TP_BIG_TIMER),

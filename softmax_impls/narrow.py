@@ -7,7 +7,7 @@ torch.softmax on 65536x10 float32 moves under 1 GB/s on this CPU.
 The narrow path never loops over a row. It works on the tensor as one flat vector plus two tiny matrix ops:
 
   1. one range check of the whole tensor, torch.aminmax (a contiguous vectorised pass over M*C elements);
-  2. e = exp(x - shift) over the flat tensor, with ONE scalar shift for all rows;
+  2. e = exp(x - shift) over the flat tensor, with ONE scalar shift for all rows (computed as exp2);
   3. the row sums s = e @ ones(C), a BLAS matrix-vector product;
   4. y = e * (1 / s)[:, None], in place.
 
@@ -21,8 +21,8 @@ kernels, which are fast for wide rows and handle every special value. Half input
 float64 inputs always take the general path.
 
 Backward, one fused expression each, with the same flat/BLAS structure:
-  softmax:        dx = y * (dy - (dy * y) @ ones)                   (row dot by matrix-vector product)
-  cross-entropy:  dx = e * (g / s)[:, None];  dx[i, t_i] -= g_i     (flat index_put, accumulate)
+  softmax:        dx = y*dy - y * ((y*dy) @ ones)                   (row dot by matrix-vector product)
+  cross-entropy:  dx = e * (g / s)[:, None];  dx[i, t_i] -= g_i     (one flat scatter_add)
 
 Bytes moved (forward, M rows, C classes, float32): the range check reads 4MC, the exp pass reads 4MC and
 writes 4MC, the row sums read 4MC, the scaling reads and writes 4MC: about 5x the 8MC a single fused pass
@@ -49,6 +49,7 @@ MAX_COLS = 64
 SPAN = 80.0
 # Below this the values need no shift at all: exp(x) <= e^20 and a row of MAX_COLS such terms is finite.
 SAFE_TOP = 20.0
+LOG2E = 1.4426950408889634  # exp(t) = 2^(t·log2 e)
 
 
 def _shared_shift(x: Tensor) -> float | None:
@@ -69,7 +70,12 @@ def _narrow_exp(x: Tensor) -> tuple[Tensor, Tensor, float] | None:
     shift = _shared_shift(x)
     if shift is None:
         return None
-    e = torch.exp(x - shift) if shift else torch.exp(x)
+    # exp(t) as exp2(t·log2 e): torch's float32 exp2 kernel is 2.7x faster than its exp here (0.20 vs 0.54 ms
+    # on 65536x10), and exp is most of this path's time. Rounding t·log2 e adds a relative error of about
+    # |t|·u to each term, |t| <= SPAN, the same order as rounding x - shift itself; the stability contract
+    # holds it to 64 u (1 + |ln p|). t = x - shift is formed first so Sterbenz keeps it exact near the max.
+    t = x - shift if shift else x * LOG2E
+    e = (t.mul_(LOG2E) if shift else t).exp2_()
     s = torch.mv(e, torch.ones(x.shape[1], dtype=x.dtype, device=x.device))
     return e, s, shift
 
@@ -84,9 +90,11 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None, None]:
         (y,) = ctx.saved_tensors
-        dy = dy.contiguous()
-        dot = torch.mv(dy * y, torch.ones(y.shape[1], dtype=y.dtype, device=y.device))
-        return (dy - dot.unsqueeze(1)).mul_(y), None, None
+        # dx = y·dy - y·(row sum of y·dy). Not addcmul: with a broadcast [M, 1] factor it runs 5x slower here
+        # than a broadcast mul followed by a same-shape subtraction (1.37 ms vs 0.30 ms on 65536x10).
+        ydy = dy.contiguous() * y
+        dot = torch.mv(ydy, torch.ones(y.shape[1], dtype=y.dtype, device=y.device))
+        return ydy.sub_(y * dot.unsqueeze(1)), None, None
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -105,7 +113,8 @@ class _CrossEntropy(torch.autograd.Function):
         e, s, flat_target = ctx.saved_tensors
         g = g.to(e.dtype)
         grad = e * (g / s).unsqueeze(1)  # softmax * g, without forming softmax on its own
-        grad.view(-1).index_put_((flat_target,), -g, accumulate=True)  # minus onehot * g
+        # minus onehot * g: one flat scatter (4x faster here than index_put_ with accumulate=True)
+        grad.view(-1).scatter_add_(0, flat_target, -g)
         return grad, None, None, None, None
 
 
