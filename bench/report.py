@@ -210,6 +210,11 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
                 for op in sorted(set(wide["op"])):
                     doc.table(T.throughput_table(wide, dtype, op),
                               f"{dtype} {op}: GB/s (% of copy bandwidth, × torch)")
+            doc.table(T.memory_table(wide), "Peak memory beyond the inputs at the largest shape of each op "
+                      "(× torch: the variant's peak over torch's; CPU: bytes the allocator handed out during one "
+                      "call, see bench.timing.peak_memory)")
+            doc.table(T.first_call_table(wide), "First calls: compilation, autotuning and lazy initialisation, "
+                      "timed on their own and never part of a sample")
         doc.table(failures, "Points that could not be measured")
 
     # -- stability

@@ -259,6 +259,51 @@ def throughput_failures(bundle: Bundle) -> pd.DataFrame:
     return bad[cols].reset_index(drop=True)
 
 
+def memory_table(wide: pd.DataFrame) -> pd.DataFrame:
+    """Peak memory beyond the inputs at the largest shape of each (device, dtype, op): 'MB (× torch)'.
+
+    This is where a chunked or fused variant shows what it saves: the builtin's cross-entropy backward holds
+    a full [M, N] float32 gradient plus its softmax, a chunked one a single chunk.
+    """
+    if wide.empty or "peak_bytes" not in wide:
+        return pd.DataFrame()
+    d = wide[wide["peak_bytes"].notna()]
+    out = []
+    for (dev, host, dtype, op), g in d.groupby(["device_name", "host", "dtype", "op"], sort=True):
+        n = g["rows"].astype(float) * g["cols"].astype(float)
+        big = g[n == n.max()]
+        rows, cols = int(big["rows"].iloc[0]), int(big["cols"].iloc[0])
+        big = big[(big["rows"] == rows) & (big["cols"] == cols)]
+        ref = big.loc[big["variant"] == REFERENCE, "peak_bytes"]
+        rec: dict[str, Any] = {"host": host, "device": dev, "dtype": dtype, "op": op, "shape": shape(rows, cols)}
+        for _, r in big.sort_values("variant").iterrows():
+            b = r["peak_bytes"]
+            cell = f"{b / 1e9:.3g} GB" if b >= 1e9 else f"{b / 1e6:.3g} MB"
+            if len(ref) and ref.iloc[0] > 0 and r["variant"] != REFERENCE:
+                cell += f" ({r['peak_bytes'] / ref.iloc[0]:.2f}×)"
+            rec[r["variant"]] = cell
+        out.append(rec)
+    return pd.DataFrame(out).fillna("—")
+
+
+def first_call_table(wide: pd.DataFrame) -> pd.DataFrame:
+    """Per device and variant: the slowest first call (compilation, autotuning, lazy init), never a timed
+    sample, beside the steady-state median of the same point, so a compiled variant's compile time is
+    reported on its own."""
+    if wide.empty or "first_call_s" not in wide or "median_s" not in wide:
+        return pd.DataFrame()
+    d = wide[wide["first_call_s"].notna()]
+    out = []
+    for (dev, variant), g in d.groupby(["device_name", "variant"], sort=True):
+        r = g.loc[g["first_call_s"].idxmax()]
+        out.append({"device": dev, "variant": variant, "slowest first call": f"{fmt(r['first_call_s'])} s",
+                    "at": f"{r['op']} {shape(r['rows'], r['cols'])} {r['dtype']}",
+                    "steady median there": f"{fmt(r['median_s'])} s",
+                    "first call / median": f"{r['first_call_s'] / r['median_s']:.3g}×" if r["median_s"] else "—",
+                    "sum of first calls": f"{fmt(g['first_call_s'].sum())} s"})
+    return pd.DataFrame(out)
+
+
 def representative(wide: pd.DataFrame) -> list[tuple[str, str, str, int, int]]:
     """(device_name, dtype, op, rows, cols) points the verdict quotes: per device, float32 softmax forward
     (or what exists), at the chapter-like shape (10 columns, most rows), at 4096 columns (most rows) and the
