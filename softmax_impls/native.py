@@ -11,21 +11,26 @@ raw data pointers. Build failures never raise at import: the variant stays regis
 
 Environment: ``SOFTMAX_BENCH_CC`` (else ``CC``, else ``cc``) names the compiler; ``SOFTMAX_BENCH_CACHE``
 (else ``$XDG_CACHE_HOME/softmax-bench``, else ``~/.cache/softmax-bench``) the cache folder. The library's
-file name is a hash of the source, the flags, the compiler's version and the OpenMP runtime it links, and
-it is written under a temporary name and renamed, so two processes never load a half-written file.
+file name is a hash of the source, the flags, the compiler's version, the OpenMP runtime it links and the
+CPU's model and flags, and it is written under a temporary name and renamed, so two processes never load a
+half-written file.
 
 Threads: exactly ``torch.get_num_threads()`` at call time (the benchmark sets it), as OpenMP threads of the
 libgomp that torch itself loaded: the build links that very file, so the kernels share torch's thread pool.
 Where torch loaded no libgomp, the kernels are built without OpenMP and run on the calling thread.
 
-Passes and bytes (M rows of N float32; a pass over a row that was just read hits L1/L2, not DRAM):
-  softmax fwd      per 8 KiB block: max (reads x), e = exp(x - m_b) into a per-thread scratch with its sum,
-                   prefetching the next block; then y = e * e^(m_b - M) / S from scratch. DRAM: read x,
-                   write y (streamed past the cache when y >= 8 MiB: no read-for-ownership): 2MN*4, a copy.
-  log_softmax fwd  max; s' = sum exp(x - shift) (read again, from cache); y = (x - shift) - log1p(s').
+Passes and bytes (M rows of N float32; "from cache" = a block read a moment before, in L1/L2, not DRAM):
+  softmax fwd      rows in 16 KiB blocks, one software pipeline: the next block's max (its first read: DRAM,
+                   prefetched one block ahead into L2), e = exp(x - m_block) of this block into a per-thread
+                   scratch row with its sum (from cache), and y = e * e^(m_block - M) / S for the same block of
+                   the previous row, read from scratch just before it is overwritten. DRAM: read x, write y
+                   (streamed past the cache when y >= 8 MiB: no read-for-ownership), both at once, like a
+                   copy: 2MN*4.
+  log_softmax fwd  max (DRAM); s' = sum exp(x - shift) (from cache); y = (x - shift) - log1p(s'): 2MN*4.
   softmax bwd      dot = sum(dy * y); dx = y * (dy - dot) (y, dy again from cache): 3MN*4.
-  ce fwd           max; s'; loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s') [M] each: MN*4.
-  ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: read x, write dx: 2MN*4.
+  ce fwd           max (DRAM); s' (from cache); loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s')
+                   [M] each for the backward: MN*4 + 8M (targets) + 12M.
+  ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: 2MN*4 + 20M.
 Rows of at most 32 elements (the chapter's 65536x10) run 16 rows at a time, one row per lane (see the C
 file), so the exp is vectorised across rows instead of running a 10-element loop per row.
 
@@ -38,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -68,6 +74,7 @@ _SIGNATURES = {
     "native_ce_fwd": ([_VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT], _I64),
     "native_ce_bwd": ([_VP, _VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT], _INT),
     "native_exp": ([_VP, _VP, _I64], None),
+    "native_exp_nonpos": ([_VP, _VP, _I64], None),
     "native_log1p": ([_VP, _VP, _I64], None),
     "native_openmp": ([], _INT),
 }
@@ -102,6 +109,16 @@ def torch_openmp_runtime() -> str | None:
     return None
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags: -march=native code must not be reused on another CPU (a shared home)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [ln for ln in info if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 def _first_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
@@ -123,7 +140,8 @@ def build(cc: list[str] | None = None, out_dir: Path | None = None) -> Path:
     gomp = torch_openmp_runtime()
     flags = [*FLAGS, *(["-fopenmp"] if gomp else [])]
     link = [gomp, f"-Wl,-rpath,{os.path.dirname(gomp)}"] if gomp else []
-    key = hashlib.sha256(b"\0".join([source, " ".join(cc + flags + link).encode(), version.encode()])).hexdigest()
+    key = hashlib.sha256(b"\0".join([source, " ".join(cc + flags + link).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()
     out_dir = out_dir or cache_dir()
     target = out_dir / f"native_kernels-{key[:16]}.so"
     if target.exists():
@@ -193,13 +211,34 @@ def _checked(status: int) -> None:
         raise MemoryError("native kernels: out of memory for a per-thread scratch row")
 
 
+def _softmax_rows(x: Tensor, log: bool) -> Tensor:
+    """softmax / log_softmax of a contiguous float32 [M, N], no autograd."""
+    y = torch.empty_like(x)
+    if x.numel():
+        _checked(library().native_softmax_fwd(x.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], int(log),
+                                              _threads()))
+    return y
+
+
+def _ce_rows(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """(loss [M], stats [2M] = per-row shift, then log1p(s')) of contiguous float32 logits and int64 targets."""
+    m, n = logits.shape
+    loss = torch.empty(m, dtype=torch.float32)
+    stats = torch.empty(2 * m, dtype=torch.float32)
+    if m:
+        s = stats.data_ptr()
+        bad = library().native_ce_fwd(logits.data_ptr(), target.data_ptr(), loss.data_ptr(), s, s + 4 * m, m, n,
+                                      _threads())
+        _checked(bad)
+        if bad:
+            raise IndexError(f"cross_entropy: {bad} target(s) outside [0, {n})")
+    return loss, stats
+
+
 class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, log: bool) -> Tensor:  # x: contiguous float32 [M, N]
-        y = torch.empty_like(x)
-        if x.numel():
-            _checked(library().native_softmax_fwd(x.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], int(log),
-                                                  _threads()))
+        y = _softmax_rows(x, log)
         ctx.save_for_backward(y)
         ctx.log = log
         return y
@@ -219,15 +258,7 @@ class _Softmax(torch.autograd.Function):
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits contiguous float32 [M, N], target int64
-        m, n = logits.shape
-        loss = torch.empty(m, dtype=torch.float32)
-        stats = torch.empty(2, m, dtype=torch.float32)  # per row: shift, log1p(s')
-        if m:
-            bad = library().native_ce_fwd(logits.data_ptr(), target.data_ptr(), loss.data_ptr(), stats[0].data_ptr(),
-                                          stats[1].data_ptr(), m, n, _threads())
-            _checked(bad)
-            if bad:
-                raise IndexError(f"cross_entropy: {bad} target(s) outside [0, {n})")
+        loss, stats = _ce_rows(logits, target)
         ctx.save_for_backward(logits, target, stats)
         return loss
 
@@ -238,9 +269,9 @@ class _CrossEntropy(torch.autograd.Function):
         g = g.to(torch.float32).contiguous()
         dx = torch.empty_like(logits)
         if logits.numel():
-            _checked(library().native_ce_bwd(logits.data_ptr(), target.data_ptr(), stats[0].data_ptr(),
-                                              stats[1].data_ptr(), g.data_ptr(), dx.data_ptr(), *logits.shape,
-                                              _threads()))
+            m, s = logits.shape[0], stats.data_ptr()
+            _checked(library().native_ce_bwd(logits.data_ptr(), target.data_ptr(), s, s + 4 * m, g.data_ptr(),
+                                              dx.data_ptr(), *logits.shape, _threads()))
         return dx, None
 
 
@@ -255,9 +286,12 @@ def _rowwise(x: Tensor, dim: int, log: bool) -> Tensor:
     _check_device(x)
     if x.dtype == torch.float64:  # documented fallback: torch's fused kernels
         return torch.log_softmax(x, dim) if log else torch.softmax(x, dim)
+    apply = _Softmax.apply if torch.is_grad_enabled() and x.requires_grad else _softmax_rows
+    if x.dim() == 2 and dim in (-1, 1) and x.dtype == torch.float32 and x.is_contiguous():
+        return apply(x, log)  # the common case without the reshuffling below (a few us per call)
     moved = x.movedim(dim, -1)
     rows = moved.reshape(-1, moved.shape[-1]).to(torch.float32).contiguous()
-    y = _Softmax.apply(rows, log)
+    y = apply(rows, log)
     return y.reshape(moved.shape).movedim(-1, dim).to(x.dtype)
 
 
@@ -276,21 +310,26 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
                          f"{list(target.shape)}")
     if logits.dtype == torch.float64:
         return F.cross_entropy(logits, target, reduction="none")
-    x = logits.to(torch.float32).contiguous()
-    loss = _CrossEntropy.apply(x, target.to(torch.int64).contiguous())
+    x, t = logits.to(torch.float32).contiguous(), target.to(torch.int64).contiguous()
+    if torch.is_grad_enabled() and logits.requires_grad:
+        loss = _CrossEntropy.apply(x, t)
+    else:
+        loss, _ = _ce_rows(x, t)
     return loss.to(logits.dtype)
 
 
 variant = Variant(
     name="native",
-    summary="hand-written AVX-512 C kernels, built on first use for this CPU, OpenMP threads of torch's pool",
+    summary="hand-written AVX-512 C kernels built on first use for this CPU (-march=native), torch's OpenMP threads",
     softmax=softmax,
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     devices=("cpu",),
     contract=Contract(
+        # measured: float32 (and half inputs, computed in float32) keep tiny losses through log1p(s'); float64
+        # falls back to torch's fused kernels, where -log(1 + tiny) rounds to 0
         expected_failures={"confident_correct": ("float64",)},
-        notes="log1p(s') keeps tiny float32 losses; float64 is torch's fused kernels, where they round to 0",
+        notes="fused log-softmax with lse = max + log1p(s') in float32; float64 is torch's fused kernels",
     ),
     unavailable=unavailable,
 )

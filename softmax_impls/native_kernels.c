@@ -10,19 +10,24 @@
  *
  * Two layouts of the work:
  *   wide rows   one row at a time, 16 lanes along the row, masked loads/stores for the tail;
- *   narrow rows (n <= NARROW_MAX, at least 16 rows) 16 rows at a time, one row per lane: the row's
- *               columns are gathered into lanes, so max, exp and sum run across 16 rows at once instead of
- *               in a 10-element scalar loop; outputs are written back in the flat row-major order.
+ *   narrow rows (n <= NARROW_MAX, at least 16 rows) 16 rows at a time, one row per lane: a 16 x 16
+ *               in-register transpose turns the block's rows into lanes, so max, exp and sum run across 16
+ *               rows at once instead of in a 10-element loop per row.
  *
  * Numerics (the contract in native.py):
- *   - exp: range reduction n = round(x log2 e), r = x - n ln2 (two-constant split), a degree-7 polynomial,
- *     and vscalefps for 2^n, which rounds subnormal results once and correctly; -inf -> 0, nan -> nan.
+ *   - exp: range reduction n = round(x log2 e), r = x - n ln2 (two-constant split), a degree-6 minimax
+ *     polynomial, then 2^n: by adding n to the exponent bits on the hot path (x - max >= -86, where the
+ *     result is normal), by vscalefps otherwise, which rounds a subnormal result once and correctly;
+ *     -inf -> 0, nan -> nan. Within 2 ulp of the correctly rounded result (tests/test_native.py).
  *   - a row's shift is its max, or 0 when the max is -inf (a fully masked row then gives 0/0 = nan rather
  *     than -inf - -inf inside exp); a row holding nan or +inf gives nan everywhere through its sum.
  *   - log-softmax and the loss use lse = shift + log1p(s'), s' = sum of exp(x - shift) over every element
  *     except one copy of the max (Blanchard, Higham & Higham 2021), so a confident row keeps its tiny loss;
  *     loss = (shift - x[t]) + log1p(s'), never -log of a rounded probability.
- *   - sums run in 64 lanes restarted every CHUNK elements (blocked summation: error ~ (32 + n/CHUNK) u).
+ *   - sums run in 32 lanes restarted every CHUNK elements (blocked summation: error ~ (128 + n/CHUNK) u).
+ *
+ * The tuning constants below can be overridden with -D for experiments; their values were measured on a
+ * 2-core AMD EPYC (Zen 4) VM.
  */
 #include <math.h>
 #include <stdint.h>
@@ -39,10 +44,21 @@
 #endif
 
 #define W 16                /* lanes of a __m512 */
-#define CHUNK 2048          /* elements per block: 8 KiB of float32, stays in L1 between the passes */
-#define NARROW_MAX 32       /* rows up to this long take the 16-rows-at-a-time layout */
+#ifndef CHUNK
+#define CHUNK 4096          /* elements per block: 16 KiB of float32, stays in L1 between the passes */
+#endif
+#ifndef PF_DIST
+#define PF_DIST CHUNK       /* prefetch distance: one block ahead of the block being read */
+#endif
+#ifndef NARROW_MAX
+#define NARROW_MAX 16       /* rows up to this long take the 16-rows-at-a-time layout */
+#endif
+#ifndef PAR_MIN_WORK
 #define PAR_MIN_WORK 32768  /* fewer elements than this run on the calling thread: a fork costs ~ 5 us */
+#endif
+#ifndef STREAM_MIN_BYTES
 #define STREAM_MIN_BYTES (8u << 20)  /* outputs this large bypass the cache (no read-for-ownership) */
+#endif
 
 typedef __m512 vf;
 typedef __m512i vi;
@@ -51,27 +67,49 @@ typedef __mmask16 vm;
 /* ---------------------------------------------------------------------------------------------------- */
 /* exp and log1p, 16 lanes                                                                                */
 
-static inline vf vexp(vf x) {
-    /* Clamp first (exp(-104) already rounds to 0 and exp(89) to inf) so that n stays small and r finite;
-       max/min return their second operand when either is nan, so nan passes through. */
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
-    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    /* ln2 = C1 + C2 with C1 short enough that n * C1 is exact: r = x - n ln2 loses nothing to cancellation */
+/* 1 + r + c2 r^2 + ... + c6 r^6 ~ e^r, minimax for relative error on |r| <= 1.01 ln2 / 2: 0.08 u before
+   rounding. r comes from x - n ln2 with ln2 = C1 + C2, C1 short enough that n * C1 is exact. */
+static inline vf exp_poly(vf x, vf n) {
     vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    /* Cephes expf: 1 + r + r^2 P(r) on |r| <= ln2 / 2, relative error ~1e-7, written as Horner with FMA */
-    vf p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    vf p = _mm512_set1_ps(0.0013813144760206342f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.008369418792426586f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.04166845604777336f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16666515171527863f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.4999999403953552f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    /* p * 2^n in one instruction, rounded once also when the result is subnormal */
-    return _mm512_scalef_ps(p, n);
+    return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+}
+
+/* e^x for every x: n = round(x log2 e) and vscalefps for p 2^n, which rounds a subnormal result once and
+   correctly. x is clamped to [-104, 89] first (e^-104 already rounds to 0, e^89 to inf) so that n stays
+   small and r finite; max/min return their second operand when either is nan, so nan passes through. */
+static inline vf vexp(vf x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
+    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_scalef_ps(exp_poly(x, n), n);
+}
+
+/* e^x for x >= -86 (or x <= 0 with *slow set where not): the hot path. vscalefps and vroundscaleps cost two
+   to four FMAs' worth of issue slots each on this CPU, so this rounds with the 1.5 * 2^23 trick and scales
+   by adding n to the exponent bits, which is exact while p 2^n is a normal number (x >= -86). Lanes below
+   that, or nan, are flagged in *slow: the caller redoes such a (rare) block with vexp. */
+static inline vf vexp_fast(vf x, vm *slow) {
+    const vf magic = _mm512_set1_ps(12582912.0f);
+    *slow |= _mm512_cmp_ps_mask(x, _mm512_set1_ps(-86.0f), _CMP_NGE_UQ);
+    vf t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);  /* n in the low mantissa bits */
+    vf n = _mm512_sub_ps(t, magic);
+    vi bits = _mm512_add_epi32(_mm512_castps_si512(exp_poly(x, n)), _mm512_slli_epi32(_mm512_castps_si512(t), 23));
+    return _mm512_castsi512_ps(bits);
+}
+
+/* e^x for x <= 0 (or nan), checked per vector. */
+static inline vf vexp_nonpos(vf x) {
+    vm slow = 0;
+    vf y = vexp_fast(x, &slow);
+    if (__builtin_expect(slow != 0, 0)) y = _mm512_mask_mov_ps(y, slow, vexp(x));
+    return y;
 }
 
 static inline vf vlog(vf u) {
@@ -105,7 +143,10 @@ static inline vf vlog1p(vf s) {
     vf u = _mm512_add_ps(s, _mm512_set1_ps(1.0f));
     vf d = _mm512_sub_ps(u, _mm512_set1_ps(1.0f));
     vf y = _mm512_mul_ps(vlog(u), _mm512_div_ps(s, d));
-    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ), s);
+    /* 1 + s == 1 (tiny s) and s = inf (inf / inf would be nan) both give s itself */
+    vm keep = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ) |
+              _mm512_cmp_ps_mask(s, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
+    return _mm512_mask_mov_ps(y, keep, s);
 }
 
 static inline float first(vf v) { return _mm512_cvtss_f32(v); }
@@ -129,7 +170,10 @@ static inline vf fix_rest(vf rest, vf m) {
                               _mm512_set1_ps(NAN));
 }
 
-static inline void prefetch(const float *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1  /* into L2; prefetching into L1 (T0) measured 30% slower from DRAM */
+#endif
+static inline void prefetch(const float *p) { _mm_prefetch((const char *)p, PF_HINT); }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* wide rows: reductions                                                                                  */
@@ -153,68 +197,55 @@ static float row_max(const float *x, int64_t len, int64_t pf) {
     return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(a0, a1), _mm512_max_ps(a2, a3)));
 }
 
-/* sum exp(x - shift) over x[0:len); stores the terms to e when e is not NULL. */
-static vf exp_sum(const float *x, int64_t len, vf shift, float *e, int64_t pf) {
-    vf s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+/* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1). */
+/* One block of s': returns the sum of exp(x - shift) over the entries != m (NEQ_UQ: a nan entry counts as
+   "not the max", so its nan reaches the sum) and adds the count of entries == m to *ties. With exact = 0
+   the hot-path exp runs and *slow flags a lane that needs the exact one (the caller then redoes the block). */
+static inline vf block_rest(const float *x, int64_t len, vf mv, vf shift, vf *ties, int64_t pf, int exact,
+                            vm *slow) {
+    const vf one = _mm512_set1_ps(1.0f);
+    vf s0 = _mm512_setzero_ps(), s1 = s0, t0 = s0, t1 = s0;
     int64_t i = 0;
-    for (; i + 4 * W <= len; i += 4 * W) {
+    for (; i + 2 * W <= len; i += 2 * W) {
         prefetch(x + i + pf);
         prefetch(x + i + pf + W);
-        prefetch(x + i + pf + 2 * W);
-        prefetch(x + i + pf + 3 * W);
-        vf e0 = vexp(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift));
-        vf e1 = vexp(_mm512_sub_ps(_mm512_loadu_ps(x + i + W), shift));
-        vf e2 = vexp(_mm512_sub_ps(_mm512_loadu_ps(x + i + 2 * W), shift));
-        vf e3 = vexp(_mm512_sub_ps(_mm512_loadu_ps(x + i + 3 * W), shift));
-        if (e) {
-            _mm512_storeu_ps(e + i, e0);
-            _mm512_storeu_ps(e + i + W, e1);
-            _mm512_storeu_ps(e + i + 2 * W, e2);
-            _mm512_storeu_ps(e + i + 3 * W, e3);
-        }
-        s0 = _mm512_add_ps(s0, e0);
-        s1 = _mm512_add_ps(s1, e1);
-        s2 = _mm512_add_ps(s2, e2);
-        s3 = _mm512_add_ps(s3, e3);
+        vf x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + W);
+        vm k0 = _mm512_cmp_ps_mask(x0, mv, _CMP_NEQ_UQ), k1 = _mm512_cmp_ps_mask(x1, mv, _CMP_NEQ_UQ);
+        vf e0 = exact ? vexp(_mm512_sub_ps(x0, shift)) : vexp_fast(_mm512_sub_ps(x0, shift), slow);
+        vf e1 = exact ? vexp(_mm512_sub_ps(x1, shift)) : vexp_fast(_mm512_sub_ps(x1, shift), slow);
+        s0 = _mm512_mask_add_ps(s0, k0, s0, e0);
+        s1 = _mm512_mask_add_ps(s1, k1, s1, e1);
+        t0 = _mm512_mask_add_ps(t0, (vm)~k0, t0, one);
+        t1 = _mm512_mask_add_ps(t1, (vm)~k1, t1, one);
     }
     for (; i < len; i += W) {
-        vm k = tail_mask(len - i);
-        vf ev = vexp(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + i), shift));
-        if (e) _mm512_mask_storeu_ps(e + i, k, ev);
-        s0 = _mm512_add_ps(s0, ev);
+        vm valid = tail_mask(len - i);
+        vf x0 = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), valid, x + i);
+        vm k0 = _mm512_cmp_ps_mask(x0, mv, _CMP_NEQ_UQ);
+        s0 = _mm512_mask_add_ps(s0, k0 & valid, s0, vexp(_mm512_sub_ps(x0, shift)));
+        t0 = _mm512_mask_add_ps(t0, (vm)~k0 & valid, t0, one);
     }
-    return _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+    *ties = _mm512_add_ps(*ties, _mm512_add_ps(t0, t1));
+    return _mm512_add_ps(s0, s1);
 }
 
 /* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1). */
 static float row_rest(const float *x, int64_t len, float m, int64_t pf) {
     vf mv = _mm512_set1_ps(m), shift = shift_of(mv);
-    vf total = _mm512_setzero_ps();
-    int64_t ties = 0;
+    vf total = _mm512_setzero_ps(), ties = _mm512_setzero_ps();
     for (int64_t b = 0; b < len; b += CHUNK) {  /* blocked: a fresh accumulator per block */
-        int64_t end = b + CHUNK < len ? b + CHUNK : len;
-        vf s0 = _mm512_setzero_ps(), s1 = s0;
-        int64_t i = b;
-        for (; i + 2 * W <= end; i += 2 * W) {
-            prefetch(x + i + pf);
-            prefetch(x + i + pf + W);
-            vf x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + W);
-            /* NEQ_UQ: a nan entry counts as "not the max", so its nan reaches the sum */
-            vm k0 = _mm512_cmp_ps_mask(x0, mv, _CMP_NEQ_UQ), k1 = _mm512_cmp_ps_mask(x1, mv, _CMP_NEQ_UQ);
-            s0 = _mm512_mask_add_ps(s0, k0, s0, vexp(_mm512_sub_ps(x0, shift)));
-            s1 = _mm512_mask_add_ps(s1, k1, s1, vexp(_mm512_sub_ps(x1, shift)));
-            ties += __builtin_popcount((unsigned)(vm)~k0) + __builtin_popcount((unsigned)(vm)~k1);
+        int64_t blen = len - b < CHUNK ? len - b : CHUNK;
+        vm slow = 0;
+        vf t = _mm512_setzero_ps();
+        vf s = block_rest(x + b, blen, mv, shift, &t, pf, 0, &slow);
+        if (__builtin_expect(slow != 0, 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
+            t = _mm512_setzero_ps();
+            s = block_rest(x + b, blen, mv, shift, &t, pf, 1, &slow);
         }
-        for (; i < end; i += W) {
-            vm valid = tail_mask(end - i);
-            vf x0 = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), valid, x + i);
-            vm k0 = _mm512_cmp_ps_mask(x0, mv, _CMP_NEQ_UQ);
-            s0 = _mm512_mask_add_ps(s0, k0 & valid, s0, vexp(_mm512_sub_ps(x0, shift)));
-            ties += __builtin_popcount((unsigned)(vm)(~k0 & valid));
-        }
-        total = _mm512_add_ps(total, _mm512_add_ps(s0, s1));
+        total = _mm512_add_ps(total, s);
+        ties = _mm512_add_ps(ties, t);
     }
-    vf rest = _mm512_set1_ps(_mm512_reduce_add_ps(total) + (float)(ties - 1));
+    vf rest = _mm512_set1_ps(_mm512_reduce_add_ps(total) + (_mm512_reduce_add_ps(ties) - 1.0f));
     return first(fix_rest(rest, mv));
 }
 
@@ -264,35 +295,126 @@ static float *scratch(int64_t len) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* wide rows: one row per call                                                                            */
 
-/* softmax of one row. Per block of CHUNK: block max m_c (the x block's first touch: DRAM), e = exp(x - m_c)
-   into scratch (x now in L1) with its sum s_c, while prefetching the next block. Then with M = max m_c and
-   S = sum s_c e^(m_c - M), y = e * (e^(m_c - M) / S) from scratch (L1/L2): DRAM sees x read once and y
-   written once (streamed past the cache for big outputs), like a copy. Returns 0, or -1 when out of memory. */
-static int softmax_row(const float *x, float *y, int64_t n, int stream) {
-    int64_t nb = (n + CHUNK - 1) / CHUNK;
-    float *e = scratch(n + 2 * nb);
-    if (!e) return -1;
-    float *bm = e + n, *bs = bm + nb;
-    float mx = -INFINITY;
-    for (int64_t c = 0; c < nb; ++c) {
-        int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
-        float m = row_max(x + b, len, CHUNK);
-        vf s = exp_sum(x + b, len, shift_of(_mm512_set1_ps(m)), e + b, CHUNK);
-        bm[c] = m;
-        bs[c] = _mm512_reduce_add_ps(s);
-        mx = m > mx ? m : mx;
+/* One sweep over three different chunks, for the softmax pipeline below:
+     A  m_a = max of xa[0:la)                        (the next chunk's first touch: DRAM)
+     B  e = exp(xb - shift(m_b)) into eb, s_b = sum  (xb in L1 since stage A read it a sweep ago)
+     C  yc = ec * f_c over [0:lb)                    (a chunk of the previous row, from scratch)
+   Each stage alone is bound by a different unit (loads, FMAs, stores); in one loop they overlap. xa or ec
+   may be NULL (no such stage). */
+static void sweep(const float *xa, int64_t la, float *m_a, const float *xb, float *eb, int64_t lb, float m_b,
+                  float *s_b, const float *ec, float *yc, float f_c, int stream) {
+    vf shift = shift_of(_mm512_set1_ps(m_b)), fv = _mm512_set1_ps(f_c);
+    vf a0 = _mm512_set1_ps(-INFINITY), a1 = a0, s0 = _mm512_setzero_ps(), s1 = s0;
+    int st = stream && yc && ((uintptr_t)yc & 63) == 0;
+    int64_t both = xa ? (la < lb ? la : lb) : 0, i = 0;
+    vm slow = 0;
+#define STAGE_B(k, acc)                                                     \
+    {                                                                       \
+        vf e_ = vexp_fast(_mm512_sub_ps(_mm512_loadu_ps(xb + i + (k)), shift), &slow); \
+        _mm512_storeu_ps(eb + i + (k), e_);                                 \
+        acc = _mm512_add_ps(acc, e_);                                       \
     }
-    if (nb == 1) {  /* the common case: M = m_0, factor 1 / s_0 */
-        scale_store(e, y, n, 1.0f / bs[0], stream);
-        return 0;
+#define STAGE_C(k) store(yc + i + (k), _mm512_mul_ps(_mm512_loadu_ps(ec + i + (k)), fv), st);
+    if (ec) {
+        for (; i + 2 * W <= both; i += 2 * W) {
+            prefetch(xa + i + PF_DIST);
+            prefetch(xa + i + W + PF_DIST);
+            a0 = _mm512_max_ps(a0, _mm512_loadu_ps(xa + i));
+            a1 = _mm512_max_ps(a1, _mm512_loadu_ps(xa + i + W));
+            STAGE_C(0)  /* before B: ec may be eb, the previous row's e read just before it is overwritten */
+            STAGE_C(W)
+            STAGE_B(0, s0)
+            STAGE_B(W, s1)
+        }
+    } else {
+        for (; i + 2 * W <= both; i += 2 * W) {
+            prefetch(xa + i + PF_DIST);
+            prefetch(xa + i + W + PF_DIST);
+            a0 = _mm512_max_ps(a0, _mm512_loadu_ps(xa + i));
+            a1 = _mm512_max_ps(a1, _mm512_loadu_ps(xa + i + W));
+            STAGE_B(0, s0)
+            STAGE_B(W, s1)
+        }
     }
-    /* A block with max -inf has s_c = 0 and e^(-inf - M) = 0; M = -inf makes every factor nan (0/0), and a
-       nan or +inf anywhere makes S nan: the row comes out nan, as the reference says. */
-    float total = 0.0f;
+#undef STAGE_B
+#undef STAGE_C
+    /* what is left of each stage (the chunks differ in length at a row's end, or A is absent) */
+    for (int64_t k = i; k < la && xa; k += W)
+        a0 = _mm512_max_ps(a0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(la - k), xa + k));
+    for (int64_t k = i; k < lb; k += W) {
+        vm msk = tail_mask(lb - k);
+        if (ec) _mm512_mask_storeu_ps(yc + k, msk, _mm512_mul_ps(_mm512_maskz_loadu_ps(msk, ec + k), fv));
+        vf e = vexp_nonpos(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), msk, xb + k), shift));
+        _mm512_mask_storeu_ps(eb + k, msk, e);
+        /* even vectors into s0, odd into s1, as in the loop above: the sum's rounding depends on the block
+           alone, not on where stage A stopped (which differs for a thread's last row) */
+        if ((k / W) & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
+    }
+    if (xa) *m_a = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    if (__builtin_expect(slow != 0, 0)) {  /* a masked entry, a far tail or a nan: redo stage B exactly */
+        s0 = s1 = _mm512_setzero_ps();
+        for (int64_t k = 0; k < lb; k += W) {
+            vm msk = tail_mask(lb - k);
+            vf e = vexp(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), msk, xb + k), shift));
+            _mm512_mask_storeu_ps(eb + k, msk, e);
+            if ((k / W) & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
+        }
+    }
+    *s_b = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+/* The factors y = e * f[c] of a row from its blocks' maxima bm and sums bs: M = max bm, S = sum bs e^(bm - M),
+   f = e^(bm - M) / S. A block with max -inf has bs = 0 and e^(-inf - M) = 0; M = -inf makes every factor
+   nan (0/0), and a nan or +inf anywhere makes S nan: the row comes out nan, as the reference says. */
+static void row_factors(const float *bm, const float *bs, int64_t nb, float *f) {
+    if (nb == 1) {
+        f[0] = 1.0f / bs[0];
+        return;
+    }
+    float mx = -INFINITY, total = 0.0f;
+    for (int64_t c = 0; c < nb; ++c) mx = bm[c] > mx ? bm[c] : mx;
     for (int64_t c = 0; c < nb; ++c) total += bs[c] * sexp(bm[c] - mx);
-    for (int64_t c = 0; c < nb; ++c) {
+    for (int64_t c = 0; c < nb; ++c) f[c] = sexp(bm[c] - mx) / total;
+}
+
+/* softmax of rows [r0, r1) of n. Each row in blocks of CHUNK: block max m_c, e = exp(x - m_c) into a
+   per-thread scratch row with its sum s_c, then y = e * f_c (row_factors). DRAM sees x read once and y
+   written once (streamed past the cache for big outputs), like a copy. The passes run as one software
+   pipeline (sweep): block c+1's max, block c's exp and the scaling of the previous row's block c, which
+   reads that block of scratch just before block c's e overwrites it. So one row of scratch serves both
+   rows, and DRAM reads (x) and writes (y) run at the same time, as in a copy, instead of in turns.
+   Returns 0, or -1 when out of memory. */
+static int softmax_rows(const float *x, float *y, int64_t n, int64_t r0, int64_t r1, int stream) {
+    int64_t nb = (n + CHUNK - 1) / CHUNK;
+    float *e = scratch(n + 3 * nb);
+    if (!e) return -1;
+    float *bm = e + n, *bs = bm + nb, *f = bs + nb;  /* f: the factors of the row whose scaling is pending */
+    float m_next = row_max(x + r0 * n, n < CHUNK ? n : CHUNK, PF_DIST);
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = x + r * n;
+        for (int64_t c = 0; c < nb; ++c) {
+            int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
+            const float *xa = NULL;
+            int64_t la = 0;
+            if (c + 1 < nb) {
+                xa = xr + b + CHUNK;
+                la = n - b - CHUNK < CHUNK ? n - b - CHUNK : CHUNK;
+            } else if (r + 1 < r1) {
+                xa = xr + n;  /* rows are contiguous: the next row's first block */
+                la = n < CHUNK ? n : CHUNK;
+            }
+            float m = m_next;
+            if (r > r0)
+                sweep(xa, la, &m_next, xr + b, e + b, len, m, &bs[c], e + b, y + (r - 1) * n + b, f[c], stream);
+            else
+                sweep(xa, la, &m_next, xr + b, e + b, len, m, &bs[c], NULL, NULL, 0.0f, stream);
+            bm[c] = m;
+        }
+        row_factors(bm, bs, nb, f);
+    }
+    for (int64_t c = 0; c < nb; ++c) {  /* the last row's scaling has no next row to ride on */
         int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
-        scale_store(e + b, y + b, len, sexp(bm[c] - mx) / total, stream);
+        scale_store(e + b, y + (r1 - 1) * n + b, len, f[c], stream);
     }
     return 0;
 }
@@ -375,14 +497,20 @@ static void ce_bwd_row(const float *x, int64_t t, int64_t n, float sh, float l, 
     vf shv = _mm512_set1_ps(sh), lv = _mm512_set1_ps(l), gv = _mm512_set1_ps(g);
     int st = stream && ((uintptr_t)dx & 63) == 0;
     int64_t i = 0;
+    vm slow = 0;
     for (; i + W <= n; i += W) {
         prefetch(x + i + CHUNK);
-        vf p = vexp(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shv), lv));
+        vf p = vexp_fast(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shv), lv), &slow);
         store(dx + i, _mm512_mul_ps(p, gv), st);
+    }
+    if (__builtin_expect(slow != 0, 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
+        if (st) _mm_sfence();
+        for (i = 0; i + W <= n; i += W)
+            _mm512_storeu_ps(dx + i, _mm512_mul_ps(vexp(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shv), lv)), gv));
     }
     if (i < n) {
         vm k = tail_mask(n - i);
-        vf p = vexp(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), shv), lv));
+        vf p = vexp_nonpos(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), shv), lv));
         _mm512_mask_storeu_ps(dx + i, k, _mm512_mul_ps(p, gv));
     }
     if (t >= 0 && t < n) {
@@ -394,86 +522,115 @@ static void ce_bwd_row(const float *x, int64_t t, int64_t n, float sh, float l, 
 /* ---------------------------------------------------------------------------------------------------- */
 /* narrow rows: 16 rows per step, one row per lane                                                        */
 
-/* Index tables for rows of n columns (n <= NARROW_MAX). In a block of 16 rows the flat element f = 16 k + lane
-   (flat vector k, k < n) belongs to row f / n, column f % n. */
+/* Vectorising along a row of 10 would leave 6 of 16 lanes idle and pay a horizontal reduction per row, so
+   16 rows are handled at once, one per lane. The 16 x n block moves between the two layouts by a 16 x 16
+   in-register transpose (64 shuffles; vgatherdps, the obvious alternative, costs ~24 cycles per vector on
+   this CPU and was 3x slower). Per-row values reach a flat, row-major vector k of the block (elements
+   16k .. 16k + 15, rows (16k + lane) / n) by one vpermps with the index table row_of[k]. */
 typedef struct {
     int64_t n;
-    vi row_start;              /* lane * n: gather column j of 16 rows from base + j */
-    vi row_of[NARROW_MAX];     /* f / n: broadcasts a per-row value to flat vector k */
-    vi col_of[NARROW_MAX];     /* f % n */
-    vi t_index[NARROW_MAX];    /* (f % n) * 16 + f / n: flat vector k from a column-major [n][16] block */
+    vm cols;                   /* the first n lanes: one row of the block */
+    vi row_of[NARROW_MAX];     /* (16 k + lane) / n */
+    vi col_of[NARROW_MAX];     /* (16 k + lane) % n */
 } narrow_tab;
 
 static void narrow_init(narrow_tab *tab, int64_t n) {
-    int32_t a[W], b[W], c[W];
+    int32_t a[W], b[W];
     tab->n = n;
-    for (int l = 0; l < W; ++l) a[l] = (int32_t)(l * n);
-    tab->row_start = _mm512_loadu_si512(a);
+    tab->cols = tail_mask(n);
     for (int64_t k = 0; k < n; ++k) {
         for (int l = 0; l < W; ++l) {
             int32_t f = (int32_t)(k * W + l);
             a[l] = f / (int32_t)n;
             b[l] = f % (int32_t)n;
-            c[l] = b[l] * W + a[l];
         }
         tab->row_of[k] = _mm512_loadu_si512(a);
         tab->col_of[k] = _mm512_loadu_si512(b);
-        tab->t_index[k] = _mm512_loadu_si512(c);
     }
-}
-
-static inline vf gather(const narrow_tab *tab, const float *base, int64_t j) {
-    return _mm512_i32gather_ps(tab->row_start, base + j, 4);
 }
 
 static inline vf per_row(const narrow_tab *tab, vf v, int64_t k) { return _mm512_permutexvar_ps(tab->row_of[k], v); }
 
-/* Loads 16 rows' columns into cols (column-major [n][16]); returns the row maxima. */
-static inline vf narrow_load(const narrow_tab *tab, const float *x, float *cols) {
-    vf m = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < tab->n; ++j) {
-        vf c = gather(tab, x, j);
-        _mm512_store_ps(cols + j * W, c);
-        m = _mm512_max_ps(m, c);
+/* In-place transpose of a 16 x 16 block held in 16 registers. */
+static inline void transpose16(vf r[W]) {
+    vf t[W];
+    for (int i = 0; i < W; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
     }
+    for (int i = 0; i < W; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int h = 0; h < W; h += 8)
+        for (int i = 0; i < 4; ++i) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+/* The 16 rows at x (n apart) as columns: c[j] lane r = x[r n + j] for j < n. */
+static inline void load_columns(const narrow_tab *tab, const float *x, vf c[W]) {
+    for (int r = 0; r < W; ++r) c[r] = _mm512_maskz_loadu_ps(tab->cols, x + r * tab->n);
+    transpose16(c);
+}
+
+/* The inverse: columns c[0:n) back to 16 rows of n at y. */
+static inline void store_columns(const narrow_tab *tab, vf c[W], float *y) {
+    for (int64_t j = tab->n; j < W; ++j) c[j] = _mm512_setzero_ps();
+    transpose16(c);
+    for (int r = 0; r < W; ++r) _mm512_mask_storeu_ps(y + r * tab->n, tab->cols, c[r]);
+}
+
+static inline vf columns_max(const narrow_tab *tab, const vf c[W]) {
+    vf m = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < tab->n; ++j) m = _mm512_max_ps(m, c[j]);
     return m;
 }
 
-/* s' of 16 rows from their columns (see row_rest); cols untouched. */
-static inline vf narrow_rest(const narrow_tab *tab, const float *cols, vf m) {
+/* s' of 16 rows from their columns (see row_rest). */
+static inline vf columns_rest(const narrow_tab *tab, const vf c[W], vf m) {
     vf shift = shift_of(m), s = _mm512_setzero_ps(), ties = _mm512_setzero_ps();
     for (int64_t j = 0; j < tab->n; ++j) {
-        vf c = _mm512_load_ps(cols + j * W);
-        vm k = _mm512_cmp_ps_mask(c, m, _CMP_NEQ_UQ);
-        s = _mm512_mask_add_ps(s, k, s, vexp(_mm512_sub_ps(c, shift)));
+        vm k = _mm512_cmp_ps_mask(c[j], m, _CMP_NEQ_UQ);
+        s = _mm512_mask_add_ps(s, k, s, vexp_nonpos(_mm512_sub_ps(c[j], shift)));
         ties = _mm512_mask_add_ps(ties, (vm)~k, ties, _mm512_set1_ps(1.0f));
     }
     return fix_rest(_mm512_add_ps(s, _mm512_sub_ps(ties, _mm512_set1_ps(1.0f))), m);
 }
 
-static void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int log, int stream) {
-    _Alignas(64) float cols[NARROW_MAX * W];
+/* Row sums of a flat 16 x n block (the segmented sums of a row-major buffer). */
+static inline vf row_sums(const narrow_tab *tab, const float *v) {
+    vf c[W], s = _mm512_setzero_ps();
+    load_columns(tab, v, c);
+    for (int64_t j = 0; j < tab->n; ++j) s = _mm512_add_ps(s, c[j]);
+    return s;
+}
+
+static void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int log) {
+    vf c[W];
     int64_t n = tab->n;
-    vf m = narrow_load(tab, x, cols), shift = shift_of(m);
+    load_columns(tab, x, c);
+    vf m = columns_max(tab, c), shift = shift_of(m);
     if (log) {
-        vf l = vlog1p(narrow_rest(tab, cols, m));
-        for (int64_t k = 0; k < n; ++k) {
-            vf v = _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k * W), per_row(tab, shift, k)), per_row(tab, l, k));
-            store(y + k * W, v, stream);
+        vf l = vlog1p(columns_rest(tab, c, m));
+        for (int64_t j = 0; j < n; ++j) c[j] = _mm512_sub_ps(_mm512_sub_ps(c[j], shift), l);
+    } else {
+        vf s = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; ++j) {
+            c[j] = vexp_nonpos(_mm512_sub_ps(c[j], shift));
+            s = _mm512_add_ps(s, c[j]);
         }
-        return;
+        vf inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
+        for (int64_t j = 0; j < n; ++j) c[j] = _mm512_mul_ps(c[j], inv);
     }
-    vf s = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) {
-        vf e = vexp(_mm512_sub_ps(_mm512_load_ps(cols + j * W), shift));
-        _mm512_store_ps(cols + j * W, e);
-        s = _mm512_add_ps(s, e);
-    }
-    vf inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
-    for (int64_t k = 0; k < n; ++k) {
-        vf e = _mm512_i32gather_ps(tab->t_index[k], cols, 4);
-        store(y + k * W, _mm512_mul_ps(e, per_row(tab, inv, k)), stream);
-    }
+    store_columns(tab, c, y);
 }
 
 static void narrow_softmax_bwd(const narrow_tab *tab, const float *y, const float *dy, float *dx, int log,
@@ -486,8 +643,7 @@ static void narrow_softmax_bwd(const narrow_tab *tab, const float *y, const floa
             _mm512_store_ps(prod + k * W, _mm512_mul_ps(_mm512_loadu_ps(y + k * W), _mm512_loadu_ps(dy + k * W)));
         src = prod;
     }
-    vf d = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) d = _mm512_add_ps(d, gather(tab, src, j));
+    vf d = row_sums(tab, src);
     for (int64_t k = 0; k < n; ++k) {
         vf yv = _mm512_loadu_ps(y + k * W), g = _mm512_loadu_ps(dy + k * W), dk = per_row(tab, d, k);
         store(dx + k * W, log ? _mm512_fnmadd_ps(vexp(yv), dk, g) : _mm512_mul_ps(yv, _mm512_sub_ps(g, dk)), stream);
@@ -497,16 +653,18 @@ static void narrow_softmax_bwd(const narrow_tab *tab, const float *y, const floa
 /* Returns how many of the 16 targets are out of range (their loss is nan). */
 static int narrow_ce_fwd(const narrow_tab *tab, const float *x, const int64_t *t, float *loss, float *shift,
                          float *lse_tail) {
-    _Alignas(64) float cols[NARROW_MAX * W];
-    vf m = narrow_load(tab, x, cols), sh = shift_of(m);
-    vf l = vlog1p(narrow_rest(tab, cols, m));
+    vf c[W];
+    load_columns(tab, x, c);
+    vf m = columns_max(tab, c), sh = shift_of(m);
+    vf l = vlog1p(columns_rest(tab, c, m));
     __m512i t_lo = _mm512_loadu_si512(t), t_hi = _mm512_loadu_si512(t + 8);
     __m512i nv = _mm512_set1_epi64(tab->n), zero = _mm512_setzero_si512();
     vm bad = (vm)(_mm512_cmplt_epi64_mask(t_lo, zero) | _mm512_cmpge_epi64_mask(t_lo, nv)) |
              (vm)((vm)(_mm512_cmplt_epi64_mask(t_hi, zero) | _mm512_cmpge_epi64_mask(t_hi, nv)) << 8);
     vi t32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(t_lo)), _mm512_cvtepi64_epi32(t_hi), 1);
-    t32 = _mm512_mask_mov_epi32(t32, bad, _mm512_setzero_si512());
-    vf xt = _mm512_i32gather_ps(_mm512_add_epi32(tab->row_start, t32), x, 4);
+    vf xt = _mm512_setzero_ps();
+    for (int64_t j = 0; j < tab->n; ++j)  /* x[t] of each row: pick column t */
+        xt = _mm512_mask_mov_ps(xt, _mm512_cmpeq_epi32_mask(t32, _mm512_set1_epi32((int)j)), c[j]);
     vf lv = _mm512_add_ps(_mm512_sub_ps(sh, xt), l);
     _mm512_storeu_ps(loss, _mm512_mask_mov_ps(lv, bad, _mm512_set1_ps(NAN)));
     _mm512_storeu_ps(shift, sh);
@@ -521,7 +679,7 @@ static void narrow_ce_bwd(const narrow_tab *tab, const float *x, const int64_t *
     /* exp((x - shift) - l): x - shift is exact near the max, and l = log1p(s') is small */
     vf sh = _mm512_loadu_ps(shift), l = _mm512_loadu_ps(lse_tail), gv = _mm512_loadu_ps(g);
     for (int64_t k = 0; k < tab->n; ++k) {
-        vf p = vexp(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k * W), per_row(tab, sh, k)), per_row(tab, l, k)));
+        vf p = vexp_nonpos(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k * W), per_row(tab, sh, k)), per_row(tab, l, k)));
         vm hot = _mm512_cmpeq_epi32_mask(tab->col_of[k], _mm512_permutexvar_epi32(tab->row_of[k], t32));
         p = _mm512_mask_sub_ps(p, hot, p, _mm512_set1_ps(1.0f));
         store(dx + k * W, _mm512_mul_ps(p, per_row(tab, gv, k)), stream);
@@ -558,8 +716,8 @@ static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
             const float *a = j->a + r * n;
             float *o = j->op == OP_CE_FWD ? NULL : j->out + r * n;
             switch (j->op) {
-            case OP_SOFTMAX: narrow_softmax(&j->tab, a, o, 0, st); break;
-            case OP_LOG_SOFTMAX: narrow_softmax(&j->tab, a, o, 1, st); break;
+            case OP_SOFTMAX: narrow_softmax(&j->tab, a, o, 0); break;
+            case OP_LOG_SOFTMAX: narrow_softmax(&j->tab, a, o, 1); break;
             case OP_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, j->b + r * n, o, 0, st); break;
             case OP_LOG_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, j->b + r * n, o, 1, st); break;
             case OP_CE_FWD: bad += narrow_ce_fwd(&j->tab, a, j->t + r, j->out + r, j->shift + r, j->lse_tail + r); break;
@@ -567,11 +725,15 @@ static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
             }
         }
     }
+    if (j->op == OP_SOFTMAX && r < r1) {
+        if (softmax_rows(j->a, j->out, n, r, r1, j->stream)) return -1;
+        r = r1;
+    }
     for (; r < r1; ++r) {  /* wide rows, and the last few rows of a narrow tensor */
         const float *a = j->a + r * n;
         float *o = j->out + (j->op == OP_CE_FWD ? r : r * n);
         switch (j->op) {
-        case OP_SOFTMAX: if (softmax_row(a, o, n, j->stream)) return -1; break;
+        case OP_SOFTMAX: break;  /* done above */
         case OP_LOG_SOFTMAX: log_softmax_row(a, o, n, j->stream); break;
         case OP_SOFTMAX_BWD: softmax_bwd_row(a, j->b + r * n, o, n, 0, j->stream); break;
         case OP_LOG_SOFTMAX_BWD: softmax_bwd_row(a, j->b + r * n, o, n, 1, j->stream); break;
@@ -641,11 +803,19 @@ int native_ce_bwd(const float *x, const int64_t *t, const float *shift, const fl
     return (int)run(&j, threads);
 }
 
-/* The vector exp and log1p alone, for the tests: y[i] = f(x[i]). */
+/* The vector exp and log1p alone, for the tests: y[i] = f(x[i]). native_exp_nonpos is the kernels' hot
+   path (defined for x <= 0 and nan), native_exp the general one. */
 void native_exp(const float *x, float *y, int64_t len) {
     for (int64_t i = 0; i < len; i += W) {
         vm k = tail_mask(len - i);
         _mm512_mask_storeu_ps(y + i, k, vexp(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+void native_exp_nonpos(const float *x, float *y, int64_t len) {
+    for (int64_t i = 0; i < len; i += W) {
+        vm k = tail_mask(len - i);
+        _mm512_mask_storeu_ps(y + i, k, vexp_nonpos(_mm512_maskz_loadu_ps(k, x + i)));
     }
 }
 

@@ -1,0 +1,329 @@
+"""The `native` variant: hand-written AVX-512 C kernels built on first use (softmax_impls/native.py).
+
+Forward and gradients against float64 on ordinary and irregular shapes, in both layouts of the kernels
+(wide rows, and 16 narrow rows at a time), with 1 and 2 threads; the special values the stability study
+checks; the vector exp and log1p alone against float64 in units of float32 ulps; and that a build failure
+leaves the variant registered with a reason. Skipped as a whole where the kernels cannot be built here.
+
+    .venv/bin/pytest -q tests/test_native.py
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import softmax_impls
+from softmax_impls import native
+
+CPU = torch.device("cpu")
+REASON = native.unavailable(CPU)
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+U = 2.0**-24  # float32 unit roundoff
+T = 64 * U  # the contract's tolerance
+# (shape, dim): wide rows, the chapter's narrow rows, a few very wide rows, the longest narrow rows with a
+# ragged tail of rows (37 = 2 blocks of 16 + 5), the shortest wide rows, a 3-D tensor on dim 0, one column
+SHAPES = [((1823, 781), 1), ((65536, 10), -1), ((3, 131072), -1), ((37, 16), -1), ((37, 17), -1),
+          ((5, 4, 6), 0), ((20, 1), -1)]
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}thread")
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(before)
+
+
+def _logits(shape: tuple[int, ...], seed: int = 0, scale: float = 3.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).float()
+
+
+def _prob_tol(p: torch.Tensor) -> torch.Tensor:
+    # as bench/stability.py: relative, with Blanchard-Higham-Higham's (1 + |ln p|) for the exp of x - max
+    return T * p.clamp_min(torch.finfo(torch.float32).tiny) * (1 + p.clamp_min(1e-300).log().abs())
+
+
+def _assert_within(what: str, got: torch.Tensor, want: torch.Tensor, tol: torch.Tensor) -> None:
+    got = got.detach().double()
+    assert got.shape == want.shape, f"{what}: shape {list(got.shape)}, expected {list(want.shape)}"
+    assert torch.isfinite(got).all(), f"{what}: {int((~torch.isfinite(got)).sum())} non-finite values"
+    excess = float(((got - want).abs() / tol).max())
+    assert excess <= 1.0, f"{what}: error is {excess:.3g}x the tolerance"
+
+
+def test_registered_and_available() -> None:
+    assert "native" in softmax_impls.names(), softmax_impls.broken().get("native")
+    v = softmax_impls.get("native")
+    assert v.skip_reason(CPU, torch.float32) is None
+    assert "cuda" in (v.skip_reason(torch.device("cuda"), torch.float32) or "")
+
+
+def test_shares_torchs_openmp_runtime() -> None:
+    # linked against the very libgomp torch loaded: one OpenMP runtime in the process, not two
+    lib = native.library()
+    with open("/proc/self/maps") as maps:
+        gomps = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(gomps) <= 1, gomps
+    assert lib.native_openmp() == (1 if gomps else 0)
+
+
+@pytest.mark.parametrize("shape,dim", SHAPES, ids=lambda s: str(s))
+def test_forward_matches_float64(shape: tuple[int, ...], dim: int, threads: int) -> None:
+    x = _logits(shape)
+    p_ref = torch.softmax(x.double(), dim)
+    y = native.softmax(x, dim)
+    assert y.dtype == torch.float32
+    _assert_within("softmax", y, p_ref, _prob_tol(p_ref))
+    ls_ref = torch.log_softmax(x.double(), dim)
+    _assert_within("log_softmax", native.log_softmax(x, dim), ls_ref, T * ls_ref.abs().clamp_min(1.0))
+
+
+@pytest.mark.parametrize("n,c", [(1823, 781), (65536, 10), (3, 131072), (37, 16), (37, 17), (5, 1)])
+def test_cross_entropy_and_gradients_match_float64(n: int, c: int, threads: int) -> None:
+    x = _logits((n, c), seed=1).requires_grad_()
+    t = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(2))
+    w = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5  # non-uniform
+    loss = native.cross_entropy(x, t)
+    (loss.double() * w).sum().backward()
+    xr = x.detach().double().requires_grad_()
+    ref = F.cross_entropy(xr, t, reduction="none")
+    (ref * w).sum().backward()
+    _assert_within("loss", loss, ref.detach(), T * ref.detach().abs().clamp_min(1.0))
+    p = torch.softmax(xr.detach(), 1)
+    onehot = F.one_hot(t, c).double()
+    _assert_within("dlogits", x.grad, xr.grad, w[:, None] * (_prob_tol(p) + T * onehot))
+
+
+@pytest.mark.parametrize("shape", [(1823, 781), (65536, 10), (3, 131072), (37, 17)], ids=str)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_gradients_match_float64(shape: tuple[int, int], log: bool, threads: int) -> None:
+    x = _logits(shape, seed=4).requires_grad_()
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # non-uniform
+    fn, ref_fn = (native.log_softmax, torch.log_softmax) if log else (native.softmax, torch.softmax)
+    (fn(x, -1).double() * dy).sum().backward()
+    xr = x.detach().double().requires_grad_()
+    (ref_fn(xr, -1) * dy).sum().backward()
+    # dx = y (dy - sum dy y) (softmax) or dy - p sum dy (log): the row sum's rounding scales with |dy| n
+    p = torch.softmax(xr.detach(), -1)
+    row = (dy.abs() * (p if not log else torch.ones_like(p))).sum(-1, keepdim=True)
+    tol = (_prob_tol(p) * (dy.abs() + row) + T * p * row) * 4 + (T * dy.abs() if log else 0)
+    _assert_within("dx", x.grad, xr.grad, tol)
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    # rows are split between threads, never a row: the same bits with 1 and 2 threads
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append([native.softmax(_logits(s), -1) for s in ((65536, 10), (1823, 781), (64, 4096))])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
+# -- special values, in both layouts: 64 rows of 10 (narrow, 16 rows at a time) and 4 rows of 5000 (wide) -----
+
+def _special_batch(rows: int, cols: int) -> torch.Tensor:
+    x = _logits((rows, cols), seed=6, scale=1.0)
+    x[0, cols // 3] = float("nan")  # a nan row
+    x[1, cols // 2] = float("inf")  # a +inf row
+    x[2] = float("-inf")  # a fully masked row
+    x[3, ::2] = float("-inf")  # a partially masked row
+    return x
+
+
+@pytest.mark.parametrize("rows,cols", [(64, 10), (4, 5000), (16, 16), (16, 17)])
+def test_special_values(rows: int, cols: int, threads: int) -> None:
+    x = _special_batch(rows, cols)
+    ref = torch.softmax(x.double(), 1)  # nan for rows 0-2; zeros at the masked entries of row 3
+    for name, out in [("softmax", native.softmax(x, 1)), ("log_softmax", native.log_softmax(x, 1))]:
+        assert torch.isnan(out[:3]).all(), f"{name}: nan, +inf and fully masked rows must come out nan"
+        assert not torch.isnan(out[3:]).any(), f"{name}: nan leaked into other rows"
+    y = native.softmax(x, 1)
+    assert (y[3, ::2] == 0).all(), "masked entries must be exact zeros"
+    _assert_within("softmax ordinary rows", y[3:], ref[3:], _prob_tol(ref[3:]))
+    assert torch.isneginf(native.log_softmax(x, 1)[3, ::2]).all()
+    # cross-entropy and its gradient: nan exactly in the poisoned rows, exact zeros at masked entries
+    t = torch.ones(rows, dtype=torch.int64)
+    leaf = x.clone().requires_grad_()
+    loss = native.cross_entropy(leaf, t)
+    loss.sum().backward()
+    assert torch.isnan(loss[:3]).all() and torch.isfinite(loss[3:]).all()
+    assert torch.isnan(leaf.grad[:3]).all() and torch.isfinite(leaf.grad[3:]).all()
+    assert (leaf.grad[3, ::2] == 0).all()
+
+
+@pytest.mark.parametrize("rows,cols", [(32, 10), (2, 3000)])
+def test_large_translations_and_far_targets(rows: int, cols: int) -> None:
+    x = _logits((rows, cols), seed=7, scale=1.0)
+    ref = torch.softmax(x.double(), 1)
+    for c in (1e4, -1e4, 3e4):  # exp(x) overflows or underflows; a shifted sum never does
+        _assert_within(f"softmax(x + {c:g})", native.softmax(x + c, 1), ref, _prob_tol(ref) * 200)
+    # the target 200 below the max: p_t underflows, -log(p_t) would be inf; the fused loss stays finite
+    far = x.clone()
+    far[:, 0] = far.max(1).values - 200
+    t = torch.zeros(rows, dtype=torch.int64)
+    loss = native.cross_entropy(far, t)
+    want = F.cross_entropy(far.double(), t, reduction="none")
+    _assert_within("far-target loss", loss, want, T * want.abs())
+
+
+def test_narrow_layout_keeps_the_contract() -> None:
+    # the 'check' preset runs 3 rows per case, below the 16 rows the narrow layout needs: run every family
+    # again on 32 rows of 10 and 16 against the 50-digit reference
+    from bench.presets import StabilityPreset
+    from bench.stability import check_variants, format_check
+
+    preset = StabilityPreset("narrow", "test", lengths=(10, 16), long_lengths=(16,), rows=32, long_rows=32,
+                             thresholds=False)
+    lines = check_variants([softmax_impls.get("native")], CPU, preset, ["float32", "bfloat16"],
+                           progress=False)["native"]
+    assert lines and all(ln.ok for ln in lines), "\n" + format_check(lines)
+
+
+def test_cross_entropy_of_two_equal_huge_logits_is_log2() -> None:
+    for rows in (1, 32):
+        x = torch.full((rows, 2), 1e8)
+        loss = native.cross_entropy(x, torch.zeros(rows, dtype=torch.int64))
+        assert torch.allclose(loss.double(), torch.full((rows,), math.log(2), dtype=torch.float64), rtol=2 * U)
+
+
+@pytest.mark.parametrize("rows,cols", [(32, 10), (2, 1000)])
+def test_confident_correct_keeps_tiny_losses(rows: int, cols: int) -> None:
+    # the target 30 above the rest: loss = log1p((n - 1) e^-30) ~ 1e-12, which log(sum) rounds to 0
+    x = torch.zeros(rows, cols)
+    x[:, 0] = 30.0
+    loss = native.cross_entropy(x, torch.zeros(rows, dtype=torch.int64))
+    want = math.log1p((cols - 1) * math.exp(-30.0))
+    assert torch.allclose(loss.double(), torch.full((rows,), want, dtype=torch.float64), rtol=8 * U, atol=0)
+    lp = native.log_softmax(x, 1)[:, 0].double()
+    assert torch.allclose(lp, torch.full((rows,), -want, dtype=torch.float64), rtol=8 * U, atol=0)
+
+
+# -- the vector exp and log1p alone -------------------------------------------------------------------------
+
+def _ulps(got: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """|got - ref| in units of the float32 spacing at ref (2^-149 below the normal range)."""
+    r = ref.float().abs()
+    spacing = (torch.nextafter(r, torch.tensor(math.inf)).double() - r.double()).clamp_min(2.0**-149)
+    return (got.double() - ref).abs() / spacing
+
+
+def _apply(fn, x: torch.Tensor) -> torch.Tensor:
+    y = torch.empty_like(x)
+    fn(x.data_ptr(), y.data_ptr(), x.numel())
+    return y
+
+
+def test_exp_within_one_ulp_over_the_whole_range() -> None:
+    lib = native.library()
+    x = torch.linspace(-110.0, 89.0, 2_000_003)  # subnormal results below -87.3, zeros below -103.97
+    ref = torch.exp(x.double())
+    finite = ref < float(torch.finfo(torch.float32).max)
+    err = _ulps(_apply(lib.native_exp, x), ref)[finite]
+    assert float(err.max()) <= 1.0, f"exp: {float(err.max()):.3f} ulp at x = {float(x[finite][err.argmax()])}"
+    # the kernels' hot path, x <= 0: exponent-bit scaling, with the exact fallback below -86 and for nan
+    xn = x[x <= 0]
+    err = _ulps(_apply(lib.native_exp_nonpos, xn), torch.exp(xn.double()))
+    assert float(err.max()) <= 1.0, f"exp (x <= 0): {float(err.max()):.3f} ulp"
+    special = torch.tensor([-math.inf, math.nan, 0.0, -0.0, -104.0, -1e30, 89.0, 1e30, math.inf])
+    got = _apply(lib.native_exp, special)
+    assert torch.isnan(got[1]) and got.tolist()[2:] == [1.0, 1.0, 0.0, 0.0, math.inf, math.inf, math.inf]
+    assert got[0] == 0
+    got = _apply(lib.native_exp_nonpos, special[:6])
+    assert torch.isnan(got[1]) and got.tolist()[2:] == [1.0, 1.0, 0.0, 0.0] and got[0] == 0
+
+
+def test_log1p_within_a_few_ulp() -> None:
+    lib = native.library()
+    s = torch.logspace(-40, 6, 500_001, dtype=torch.float64).float()  # the s' of a row: tiny to n
+    err = _ulps(_apply(lib.native_log1p, s), torch.log1p(s.double()))
+    assert float(err.max()) <= 4.0, f"log1p: {float(err.max()):.2f} ulp"
+    special = _apply(lib.native_log1p, torch.tensor([0.0, -1.0, math.nan, math.inf]))
+    assert special[0] == 0 and special[1] == -math.inf and torch.isnan(special[2]) and special[3] == math.inf
+
+
+# -- dtypes, layouts, errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_other_dtypes(dtype: torch.dtype) -> None:
+    x = _logits((40, 30), seed=8).to(dtype)
+    t = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(9))
+    y, ls, loss = native.softmax(x, 1), native.log_softmax(x, 1), native.cross_entropy(x, t)
+    assert y.dtype == ls.dtype == loss.dtype == dtype
+    # half inputs run in float32 and are rounded once at the end; float64 is torch's own fused kernels
+    want = torch.softmax(x.double(), 1).to(dtype)
+    tol = dict(rtol=0, atol=0) if dtype == torch.float64 else dict(rtol=torch.finfo(dtype).eps, atol=1e-7)
+    torch.testing.assert_close(y, want, **tol)
+    torch.testing.assert_close(loss, F.cross_entropy(x.double(), t, reduction="none").to(dtype), **tol)
+    leaf = x.clone().requires_grad_()
+    native.cross_entropy(leaf, t).sum().backward()
+    assert leaf.grad.dtype == dtype and torch.isfinite(leaf.grad).all()
+
+
+def test_non_contiguous_and_other_dims() -> None:
+    x = _logits((30, 50), seed=10)
+    for view, dim in [(x.t(), 0), (x.t(), 1), (x[:, ::2], 1), (x.view(5, 6, 50), 1)]:
+        torch.testing.assert_close(native.softmax(view, dim).double(), torch.softmax(view.double(), dim),
+                                   rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(native.cross_entropy(x.t().contiguous().t(), torch.zeros(30, dtype=torch.int64)),
+                               F.cross_entropy(x, torch.zeros(30, dtype=torch.int64), reduction="none"),
+                               rtol=1e-5, atol=1e-6)
+    assert native.softmax(torch.empty(0, 7)).shape == (0, 7)
+
+
+@pytest.mark.parametrize("rows", [5, 32])
+def test_out_of_range_targets_raise(rows: int) -> None:
+    with pytest.raises(IndexError, match="outside"):
+        native.cross_entropy(torch.randn(rows, 10), torch.full((rows,), 10, dtype=torch.int64))
+    with pytest.raises(IndexError, match="outside"):
+        native.cross_entropy(torch.randn(rows, 10), torch.full((rows,), -1, dtype=torch.int64))
+
+
+# -- building ------------------------------------------------------------------------------------------------
+
+def test_build_is_cached_by_content(tmp_path: Path) -> None:
+    first = native.build(out_dir=tmp_path)
+    assert first.exists() and native.build(out_dir=tmp_path) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")], "temporary build folder left"
+
+
+def test_build_failures_are_reasons(tmp_path: Path) -> None:
+    with pytest.raises(native.BuildError, match="no C compiler"):
+        native.build(cc=[str(tmp_path / "missing-cc")], out_dir=tmp_path)
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\n"
+                      "echo 'x.c:1:1: error: no such luck' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(native.BuildError, match="compiling native_kernels.c failed: .*no such luck"):
+        native.build(cc=[str(broken)], out_dir=tmp_path)
+
+
+def test_missing_compiler_keeps_the_variant_registered(tmp_path: Path) -> None:
+    # a fresh process: the build happens once per process, on first use
+    code = textwrap.dedent("""
+        import torch, softmax_impls
+        assert "native" in softmax_impls.names(), softmax_impls.broken()
+        print(softmax_impls.get("native").skip_reason(torch.device("cpu"), torch.float32))
+    """)
+    env = {**os.environ, native.CC_ENV: str(tmp_path / "no-such-cc"), native.CACHE_ENV: str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "native kernels unavailable: no C compiler" in done.stdout
