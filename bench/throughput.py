@@ -39,9 +39,9 @@ Two CPU settings decide what the numbers mean (both are recorded in run.json und
   44% here). The sweep keeps freed memory in the process, like CUDA's caching allocator does;
   ``--system-malloc`` measures glibc's default instead.
 - threads: torch uses one OpenMP thread per core. When other jobs share the cores, a parallel region waits
-  for a descheduled thread and a 15 us call takes 4-16 ms; so by default the sweep uses only the cores the
-  load average leaves free (:func:`choose_threads`; ``--threads N`` overrides), records the choice in
-  run.json and the thread count in every row.
+  for a descheduled thread and a 15 us call takes 4-16 ms; so by default the sweep uses only the cores
+  other jobs leave free, measured from /proc/stat (:func:`choose_threads`; ``--threads N`` overrides),
+  records the choice in run.json and the thread count in every row.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -407,28 +408,58 @@ class _Sweep:
         return rows
 
 
-def choose_threads(device: torch.device, requested: int | None = None) -> tuple[int, str]:
+def busy_cores_of_other_jobs(window_s: float = 0.5) -> float | None:
+    """How many cores other processes keep busy, measured now from /proc/stat over `window_s`.
+
+    This process sleeps through the window, so only other jobs (and the hypervisor's steal time) count.
+    The load average cannot tell them apart: after `softmax-bench all` trained for two minutes, its own
+    past load made the sweep think another job held a core. None where /proc/stat is unreadable.
+    """
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])  # busy (user..steal), total; guest is inside user
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(window_s)
+    second = sample()
+    if second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
+
+
+def choose_threads(device: torch.device, requested: int | None = None,
+                   busy: Callable[[], float | None] = busy_cores_of_other_jobs) -> tuple[int, str]:
     """(torch CPU threads for the sweep, why). `requested` wins; else one per core that other jobs leave free.
 
     With every core in use by torch's OpenMP threads, a parallel region waits for whichever thread the OS
-    descheduled: on this shared 2-core machine a 15 us call then takes 4-16 ms (scheduler ticks), so the
-    1-minute load average at the start (before the sweep adds its own) decides.
+    descheduled: on this shared 2-core machine a 15 us call then takes 4-16 ms (scheduler ticks). So the
+    cores other jobs keep busy right now (:func:`busy_cores_of_other_jobs`; the load average where that
+    cannot be read) decide.
     """
     default = torch.get_num_threads()
     if requested is not None:
         return requested, "asked for with --threads"
     if device.type != "cpu":
         return default, "torch's default"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return default, "torch's default (no load average on this system)"
     cores = os.cpu_count() or 1
-    free = max(1, min(default, int(cores - load + 0.5)))
+    held, source = busy(), "measured over 0.5 s"
+    if held is None:
+        try:
+            held, source = os.getloadavg()[0], "load average"
+        except OSError:
+            return default, "torch's default (neither /proc/stat nor a load average on this system)"
+    free = max(1, min(default, int(cores - held + 0.5)))
     if free < default:
-        return free, (f"load average {load:.1f} on {cores} cores: other jobs hold about {load:.0f}, so "
-                      f"{free} instead of torch's {default} (--threads N to override)")
-    return default, "torch's default, one per core"
+        return free, (f"other jobs keep {held:.1f} of {cores} cores busy ({source}), so {free} instead of "
+                      f"torch's {default} (--threads N to override)")
+    return default, f"torch's default, one per core (other jobs: {held:.1f} cores busy, {source})"
 
 
 def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset, *,
@@ -598,7 +629,7 @@ def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graph", action="store_true", help="CUDA: time CUDA-graph replays")
     parser.add_argument("--no-l2-flush", action="store_true", help="CUDA: do not flush the L2 between calls")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: one per core that the load average leaves free, so "
+                        help="torch CPU threads (default: one per core that other jobs leave free, so "
                              "OpenMP barriers do not wait on threads other jobs deschedule)")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: keep glibc's default of unmapping big freed blocks (every big output "

@@ -32,6 +32,7 @@ from bench.throughput import (
     OPS,
     ROW_KEY,
     UNIT_KEY,
+    busy_cores_of_other_jobs,
     choose_threads,
     expected_metrics,
     plan,
@@ -246,8 +247,13 @@ def test_thread_choice_and_restore(tmp_path, monkeypatch):
     assert choose_threads(CPU, 3) == (3, "asked for with --threads")
     n, why = choose_threads(CPU)
     assert 1 <= n <= torch.get_num_threads() and why
-    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))  # every core busy
-    assert choose_threads(CPU)[0] == 1
+    cores = float(os.cpu_count() or 1)
+    assert choose_threads(CPU, busy=lambda: cores)[0] == 1  # every core busy
+    assert choose_threads(CPU, busy=lambda: 0.0)[0] == torch.get_num_threads()  # an idle machine
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores, 0.0, 0.0))  # no /proc/stat: the load average decides
+    assert choose_threads(CPU, busy=lambda: None)[0] == 1
+    held = busy_cores_of_other_jobs(0.05)
+    assert held is None or 0.0 <= held <= cores + 1e-9
     before = torch.get_num_threads()
     run = Run.create(tmp_path)
     throughput_into(run, [softmax_impls.get("torch")], CPU, _preset(), threads=1, summary=False)
