@@ -154,7 +154,7 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 variant = Variant(
     name="narrow",
-    summary="few classes, many rows: one shared shift, flat exp, BLAS row sums (65536x10: >= 10x torch)",
+    summary="few classes, many rows: one shared shift, flat exp2, BLAS row sums, no per-row loop, pure PyTorch",
     softmax=softmax,
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
