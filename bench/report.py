@@ -35,6 +35,7 @@ import pandas as pd
 from bench import UserError
 from bench import report_tables as T
 from bench.presets import FASHION_LABELS, REGIMES
+from bench.results import Run
 
 REPORTS_DIR = Path("reports")
 CSS = """
@@ -165,7 +166,7 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
     doc.p("Softmax and cross-entropy variants measured three ways: throughput against the device's own copy "
           "bandwidth, numerical stability against a high-precision reference, and final accuracy of the d2l "
           "chapter's softmax regression on Fashion-MNIST. Every number below is read from the stored rows of "
-          "the run folders listed here; the tidy rows themselves are in `data/`.")
+          "the run folders listed here; the tidy rows themselves are in `data/` (gzipped CSV).")
 
     doc.h("Machines and versions")
     doc.table(T.machines(bundle))
@@ -294,7 +295,7 @@ def _byte_formulas() -> list[str]:
     return []
 
 
-def render(runs: list[Path | str], out: Path | str | None = None) -> Path:
+def render(runs: list[Path | str], out: Path | str | None = None, keep_runs: bool = False) -> Path:
     """Render run folders into `out` (default reports/<first run name>); returns the index.md path."""
     bundle = T.load(runs)
     if out is None:
@@ -309,9 +310,14 @@ def render(runs: list[Path | str], out: Path | str | None = None) -> Path:
     doc = build(bundle, out)
     data = out / "data"
     data.mkdir(exist_ok=True)
+    for stale in data.glob("*.csv*"):
+        stale.unlink()
     for table, df in bundle.tables.items():
-        if not df.empty:
-            df.to_csv(data / f"{table}.csv", index=False)
+        if not df.empty:  # gzipped: the stability table alone is 7 MB as text, 0.5 MB compressed
+            df.to_csv(data / f"{table}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
+    if keep_runs:  # the run folders themselves, so the report can be rendered again from what is committed
+        for path in runs:
+            Run.open(path).archive(out / "runs" / Path(path).name)
     (out / "index.md").write_text(doc.markdown())
     (out / "index.html").write_text(doc.html())
     return out / "index.md"
@@ -322,10 +328,13 @@ def render(runs: list[Path | str], out: Path | str | None = None) -> Path:
 def add_arguments_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (results/<timestamp>-<host>)")
     parser.add_argument("--out", metavar="DIR", help="report folder (default: reports/<first run name>)")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="also copy each run folder, gzipped, into DIR/runs/ (for a committed reference report: "
+                             "`softmax-bench report DIR/runs/*` renders it again)")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    index = render(args.runs, args.out)
+    index = render(args.runs, args.out, keep_runs=args.keep_runs)
     if "## What is missing or damaged" in index.read_text():
         print("softmax-bench report: some parts are missing or damaged; the report says which.", file=sys.stderr)
     print(f"report: {index} and {index.parent / 'index.html'}")

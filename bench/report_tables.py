@@ -105,7 +105,7 @@ def load(paths: Iterable[Path | str]) -> Bundle:
         for table in TABLES:
             df = run.read(table)
             problems += [f"{meta.name}: {msg}" for msg in df.attrs.get("problems", [])]
-            if run.csv_path(table).exists():
+            if table in run.tables():  # the live .csv or an archived .csv.gz
                 meta.tables.append(table)
             if df.empty:
                 continue

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import _report_runs as R
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -58,7 +59,8 @@ def test_report_files_images_and_tables(report: Path):
     assert "raw-pixels" in naive_row and "translation" in naive_row
     assert "torch passes all" in md and "naive fails" in md
     assert "diverged to a non-finite loss: " in md
-    assert (report.parent / "data" / "throughput.csv").exists()
+    data = pd.read_csv(report.parent / "data" / "throughput.csv.gz")  # the tidy rows beside the report
+    assert {"run", "host", "variant", "metric", "value"} <= set(data.columns) and len(data) > 0
 
 
 def _copy(run: Path, to: Path, keep: tuple[str, ...] = ("training", "predictions")) -> Path:

@@ -116,3 +116,17 @@ def test_resumed_commands_and_saved_info_persist(tmp_path):
     assert [c["argv"][-1] for c in info["commands"]] == ["--quick", str(run.path)]
     assert info["throughput"]["cpu"]["allocator"] == "kept"
     assert info["machine"]["cpu_count"] >= 1
+
+
+def test_archived_run_reads_like_the_live_one_and_a_damaged_archive_is_named(tmp_path):
+    run = Run.create(tmp_path / "results", ["softmax-bench", "all"], {})
+    run.append(_row(), _row("naive", value=2.5e-3), _row("bad", value=None, status="oom", message="out of memory"))
+    run.append(StabilityRow("naive", "cpu", "float16", "softmax", "translation", 12.0, 10, "nonfinite", 3.0, "count"))
+    archived = Run.open(run.archive(tmp_path / "reports" / "ref" / "runs" / run.path.name))
+    assert sorted(p.name for p in archived.path.iterdir()) == ["run.json", "stability.csv.gz", "throughput.csv.gz"]
+    assert set(archived.tables()) == {"throughput", "stability"}
+    for table in ("throughput", "stability"):
+        assert archived.read(table).equals(run.read(table))
+    (archived.path / "stability.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match="stability.csv.gz is not a readable gzip file"):
+        archived.read("stability")
