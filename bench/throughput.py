@@ -28,7 +28,7 @@ Effective bandwidth uses the fewest bytes each op must move (:data:`OPS`, formul
                                         targets read twice, loss written and its gradient read
 
 ``roofline_frac`` divides it by ``copy_gbps``: ``dst.copy_(src)`` of one input-sized buffer on the same
-device, timed the same way in the same run (the same cache regime: a 10 KB tensor is compared with a copy
+device, timed the same way just before the unit (the same cache regime: a 10 KB tensor is compared with a copy
 in cache, a 512 MB one with a copy from DRAM). ``speedup_vs_torch`` is the `torch` variant's median over
 this one, both measured in this run.
 
@@ -247,7 +247,6 @@ class _Sweep:
         self.flush_l2, self.cuda_graph = flush_l2, cuda_graph
         self.variants = {v.name: v for v in variants}
         self.dev = str(device)
-        self.copy: dict[tuple[str, int, int], tuple[float | None, str, str]] = {}
         self.baseline: dict[tuple[str, str, int, int], float | None] = {}
         self.have: dict[tuple[str, ...], dict[str, str]] = {}  # unit key -> {metric: status}
         existing = run.read(TABLE)
@@ -257,8 +256,6 @@ class _Sweep:
             if row.status != "ok" or row.value is None or (isinstance(row.value, float) and math.isnan(row.value)):
                 continue
             # A resumed run compares against what this run measured before the interruption.
-            if row.metric == "copy_gbps":
-                self.copy.setdefault((row.dtype, int(row.rows), int(row.cols)), (float(row.value), "ok", ""))
             if row.metric == "median_s" and row.variant == BASELINE:
                 self.baseline.setdefault((row.op, row.dtype, int(row.rows), int(row.cols)), float(row.value))
         self.overhead: float | None = None
@@ -291,20 +288,21 @@ class _Sweep:
         return time_call(fn, self.device, timer, flush_l2=self.flush_l2, graph=self.cuda_graph)
 
     def copy_bandwidth(self, u: Unit) -> tuple[float | None, str, str]:
-        """(GB/s, status, message) of dst.copy_(src) for one input-sized buffer; measured once per sweep."""
-        key = (u.dtype, u.rows, u.cols)
-        if key not in self.copy:
-            dtype = DTYPES[u.dtype]
-            try:
-                src = torch.randn(u.rows, u.cols, device=self.device).to(dtype)
-                dst = torch.empty_like(src)
-                m = time_call(lambda: dst.copy_(src), self.device, u.timer, flush_l2=self.flush_l2)
-                self.copy[key] = (2 * src.numel() * src.element_size() / m.stats.median / 1e9, "ok", "")
-                del src, dst
-            except Exception as exc:  # an OOM on the copy still lets the variant be timed
-                status, message = classify_failure(exc)
-                self.copy[key] = (None, status, f"copy bandwidth: {message}")
-        return self.copy[key]
+        """(GB/s, status, message) of dst.copy_(src) for one input-sized buffer, measured just before the unit.
+
+        Measured again for every unit, not once per shape: on a shared machine the memory bandwidth drifts
+        by 2x over minutes (a 64 MB copy ran at 21 to 59 GB/s here), and a roofline taken ten units earlier
+        then says more about the neighbours than about the variant.
+        """
+        dtype = DTYPES[u.dtype]
+        try:
+            src = torch.randn(u.rows, u.cols, device=self.device).to(dtype)
+            dst = torch.empty_like(src)
+            m = time_call(lambda: dst.copy_(src), self.device, u.timer, flush_l2=self.flush_l2)
+            return 2 * src.numel() * src.element_size() / m.stats.median / 1e9, "ok", ""
+        except Exception as exc:  # an OOM on the copy still lets the variant be timed
+            status, message = classify_failure(exc)
+            return None, status, f"copy bandwidth: {message}"
 
     def baseline_median(self, u: Unit) -> float | None:
         """The `torch` median at this op/shape/dtype; timed here (rows not stored) if torch is not swept."""
