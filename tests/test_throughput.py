@@ -260,3 +260,15 @@ def test_thread_choice_and_restore(tmp_path, monkeypatch):
     threads = run.read("throughput").set_index("metric")["value"]["threads"]
     assert threads == 1 and torch.get_num_threads() == before  # recorded in the row, restored afterwards
     assert run.info["throughput"]["cpu"]["threads"].startswith("1 (asked for")
+
+
+def test_roofline_probe_times_every_piece_and_rejects_bad_options(capsys):
+    from bench import roofline_probe
+
+    results = dict(roofline_probe.probe(64, 1000, ["naive"]))
+    assert set(results) == {"copy_", "exp", "exp2", "softmax", "naive"} and min(results.values()) > 0
+    assert roofline_probe.main(["--shape", "64x1000", "--variant", "naive"]) == 0
+    assert "% of copy_" in capsys.readouterr().out
+    assert roofline_probe.main(["--shape", "64by1000"]) == 2
+    assert roofline_probe.main(["--variant", "nope"]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
