@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,15 @@ def test_train_command_user_errors(argv: list[str], words: str, tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2 and words in err.replace("\n", " ") and "Traceback" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_train_speed_runs_both_pipelines_on_the_same_data(capsys):
+    # One epoch of each: the chapter's torchvision/DataLoader pipeline and ours, on the real dataset.
+    from bench import train_speed
+
+    assert train_speed.main(["--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    accs = [float(m) for m in re.findall(r"test acc (0\.\d+)", out)]
+    assert len(accs) == 2 and min(accs) > 0.7 and abs(accs[0] - accs[1]) < 0.05  # same recipe, same data
+    assert re.search(r"speed-up: \d+\.\dx over 1 epochs", out)
+    assert train_speed.main(["--epochs", "0"]) == 2
