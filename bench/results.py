@@ -239,7 +239,9 @@ class Run:
         for table in self.tables():
             src = self.csv_path(table)
             if src.exists():
-                with open(src, "rb") as f_in, gzip.open(_gzipped(dest / src.name), "wb", compresslevel=9) as f_out:
+                # mtime=0: archiving the same run twice gives the same bytes (no churn in git)
+                with open(src, "rb") as f_in, open(_gzipped(dest / src.name), "wb") as raw, \
+                        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f_out:
                     shutil.copyfileobj(f_in, f_out)
             else:
                 shutil.copyfile(_gzipped(src), _gzipped(dest / src.name))
