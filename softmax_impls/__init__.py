@@ -129,3 +129,10 @@ def get(name: str) -> Variant:
 
 def all_variants() -> list[Variant]:
     return [get(n) for n in names()]
+
+
+def along_rows(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int = -1) -> Tensor:
+    """fn applied along `dim`: that dim moved last, the others flattened into rows [R, N], and fn's result
+    (the same shape as its input) put back in x's layout. Every row-wise kernel of a variant runs through it."""
+    moved = x.movedim(dim, -1)
+    return fn(moved.reshape(-1, moved.shape[-1])).reshape(moved.shape).movedim(-1, dim)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from softmax_impls import Variant
+from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -48,15 +48,6 @@ def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # A +inf max is left out of s with its argmax, so s alone would not see it: make the row nan explicitly.
     s = torch.where(m == float("inf"), torch.full_like(s, float("nan")), s)
     return m, e, s
-
-
-def _rows(x: Tensor, dim: int) -> tuple[Tensor, torch.Size]:
-    moved = x.movedim(dim, -1)
-    return moved.reshape(-1, moved.shape[-1]), moved.shape
-
-
-def _unrows(y: Tensor, moved_shape: torch.Size, dim: int) -> Tensor:
-    return y.reshape(moved_shape).movedim(-1, dim)
 
 
 def _softmax_rows(x: Tensor) -> Tensor:
@@ -127,19 +118,17 @@ class _LogSoftmax(torch.autograd.Function):
 
 def logsumexp(x: Tensor, dim: int = -1) -> Tensor:
     """Row log-sum-exp m + log1p(s) in x's dtype (not differentiable; for reference and the tests)."""
-    rows, shape = _rows(x, dim)
-    m, _, s = _stats(rows.to(_acc_dtype(x.dtype)))
-    return (m + torch.log1p(s)).reshape(shape[:-1]).to(x.dtype)
+    moved = x.movedim(dim, -1)
+    m, _, s = _stats(moved.reshape(-1, moved.shape[-1]).to(_acc_dtype(x.dtype)))
+    return (m + torch.log1p(s)).reshape(moved.shape[:-1]).to(x.dtype)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    rows, shape = _rows(x, dim)
-    return _unrows(_Softmax.apply(rows), shape, dim)
+    return along_rows(_Softmax.apply, x, dim)
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
-    rows, shape = _rows(x, dim)
-    return _unrows(_LogSoftmax.apply(rows), shape, dim)
+    return along_rows(_LogSoftmax.apply, x, dim)
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from softmax_impls import Variant
+from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -128,9 +128,7 @@ class _RowChunked(torch.autograd.Function):
 
 
 def _apply_rows(x: Tensor, dim: int, log: bool) -> Tensor:
-    moved = x.movedim(dim, -1)
-    rows = moved.reshape(-1, moved.shape[-1])
-    return _RowChunked.apply(rows, log).reshape(moved.shape).movedim(-1, dim)
+    return along_rows(lambda rows: _RowChunked.apply(rows, log), x, dim)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

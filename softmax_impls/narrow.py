@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from softmax_impls import Variant
+from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -74,8 +74,8 @@ def _narrow_exp(x: Tensor) -> tuple[Tensor, Tensor, float] | None:
     # on 65536x10), and exp is most of this path's time. Rounding t·log2 e adds a relative error of about
     # |t|·u to each term, |t| <= SPAN, the same order as rounding x - shift itself; the stability contract
     # holds it to 64 u (1 + |ln p|). t = x - shift is formed first so Sterbenz keeps it exact near the max.
-    t = x - shift if shift else x * LOG2E
-    e = (t.mul_(LOG2E) if shift else t).exp2_()
+    t = (x - shift).mul_(LOG2E) if shift else x * LOG2E
+    e = t.exp2_()
     s = torch.mv(e, torch.ones(x.shape[1], dtype=x.dtype, device=x.device))
     return e, s, shift
 
@@ -123,9 +123,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    moved = x.movedim(dim, -1)
-    rows = moved.reshape(-1, moved.shape[-1]).to(_compute_dtype(x.dtype)).contiguous()
+def _softmax_rows(x: Tensor) -> Tensor:
+    rows = x.to(_compute_dtype(x.dtype)).contiguous()
     with torch.no_grad():  # e and s enter the autograd.Function as plain buffers
         narrow = _narrow_exp(rows)
     if narrow is None:  # the general path: torch's fused kernel
@@ -133,7 +132,11 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     else:
         e, s, _ = narrow
         y = _Softmax.apply(rows, e, s)
-    return y.to(x.dtype).reshape(moved.shape).movedim(-1, dim)
+    return y.to(x.dtype)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    return along_rows(_softmax_rows, x, dim)
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from softmax_impls import Variant
+from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -289,10 +289,7 @@ def _rowwise(x: Tensor, dim: int, log: bool) -> Tensor:
     apply = _Softmax.apply if torch.is_grad_enabled() and x.requires_grad else _softmax_rows
     if x.dim() == 2 and dim in (-1, 1) and x.dtype == torch.float32 and x.is_contiguous():
         return apply(x, log)  # the common case without the reshuffling below (a few us per call)
-    moved = x.movedim(dim, -1)
-    rows = moved.reshape(-1, moved.shape[-1]).to(torch.float32).contiguous()
-    y = apply(rows, log)
-    return y.reshape(moved.shape).movedim(-1, dim).to(x.dtype)
+    return along_rows(lambda rows: apply(rows.to(torch.float32).contiguous(), log).to(x.dtype), x, dim)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from softmax_impls import Variant
+from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -53,15 +53,6 @@ def online_stats(x: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
         d = d * torch.exp(m - shift) + torch.exp(blk - shift).sum(1, keepdim=True)
         m = m_new
     return _neg_inf_to_zero(m), d
-
-
-def _rows(x: Tensor, dim: int) -> tuple[Tensor, torch.Size]:
-    moved = x.movedim(dim, -1)
-    return moved.reshape(-1, moved.shape[-1]), moved.shape
-
-
-def _unrows(y: Tensor, moved_shape: torch.Size, dim: int) -> Tensor:
-    return y.reshape(moved_shape).movedim(-1, dim)
 
 
 class _Softmax(torch.autograd.Function):
@@ -116,13 +107,11 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    rows, shape = _rows(x, dim)
-    return _unrows(_Softmax.apply(rows), shape, dim)
+    return along_rows(_Softmax.apply, x, dim)
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
-    rows, shape = _rows(x, dim)
-    return _unrows(_LogSoftmax.apply(rows), shape, dim)
+    return along_rows(_LogSoftmax.apply, x, dim)
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

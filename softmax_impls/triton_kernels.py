@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from softmax_impls import Variant
+from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -234,9 +234,7 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _apply_rows(x: Tensor, dim: int, log: bool) -> Tensor:
-    moved = x.movedim(dim, -1)
-    rows = moved.reshape(-1, moved.shape[-1]).contiguous()
-    return _Softmax.apply(rows, log).reshape(moved.shape).movedim(-1, dim)
+    return along_rows(lambda rows: _Softmax.apply(rows.contiguous(), log), x, dim)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
