@@ -58,6 +58,18 @@ def variants(swap: dict[str, str] | None = None, slow: tuple[str, ...] = ()) -> 
 
 
 def throughput_rows(vs: list[softmax_impls.Variant], shapes=SHAPES) -> list[ThroughputRow]:
+    # One torch thread, as bench.throughput.choose_threads picks on a busy machine: with both cores' OpenMP
+    # threads, a descheduled thread stalls every parallel region for 4-16 ms, which once made the *base* run's
+    # logsumexp 30x slow on a shared CI machine, so the eight-fold slowdown of `slow` no longer stood out.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _throughput_rows(vs, shapes)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _throughput_rows(vs: list[softmax_impls.Variant], shapes) -> list[ThroughputRow]:
     rows: list[ThroughputRow] = []
     for m, n in shapes:
         x = torch.randn(m, n)
