@@ -18,14 +18,11 @@ variant says why through ``unavailable`` and every study records it as `skipped`
 
 from __future__ import annotations
 
-import functools
-import shutil
-import types
 from collections.abc import Callable
 
 import torch
 
-from softmax_impls import Variant
+from softmax_impls import Variant, inductor
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -94,21 +91,17 @@ class _CrossEntropy(torch.autograd.Function):
         return _call(_ce_backward, logits, target, shift, logsum, g.contiguous()), None
 
 
-@functools.cache
-def _compiled(fn: Callable[..., Tensor], dtype: torch.dtype, grad: bool) -> Callable[..., Tensor]:
-    # Dynamo keeps its cache (and its recompile limit, 8) on the code object, so every dtype and grad mode
-    # would share one budget and a sweep over four dtypes would exhaust it. A fresh copy of the code object
-    # per (function, dtype, grad mode) gives each its own cache.
-    fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, f"{fn.__name__}_{dtype}_{grad}")
-    return torch.compile(fresh, dynamic=True, fullgraph=True)
-
-
 def _call(fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
-    reason = unavailable(args[0].device)
+    x = args[0]
+    reason = inductor.unavailable(x.device)
     if reason is not None:
         raise RuntimeError(f"compiled variant unavailable: {reason}")
-    x = args[0]
-    return _compiled(fn, x.dtype, x.requires_grad and torch.is_grad_enabled())(*args)
+    if inductor.tracing_ops():
+        raise RuntimeError("not measured: torch.compile'd kernels run below the dispatcher, where the op-level "
+                           "memory tracker sees nothing")
+    grad = x.requires_grad and torch.is_grad_enabled()
+    # dynamic shapes: one compiled kernel serves every row length and batch of a (dtype, grad mode)
+    return inductor.compiled(fn, dynamic=True, key=(x.dtype, grad))(*args)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -123,32 +116,6 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return _CrossEntropy.apply(logits, target)
 
 
-@functools.cache
-def _probe(device_type: str) -> str | None:
-    """Compile and run a tiny softmax once per device type; None when that works, else the reason."""
-    if device_type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None \
-            and shutil.which("clang++") is None:
-        return "torch.compile needs a C++ compiler (g++ or clang++) for Inductor's CPU backend; none on PATH"
-    if device_type == "cuda":
-        try:
-            import triton  # noqa: F401  (Inductor's CUDA backend generates Triton)
-        except ImportError:
-            return "torch.compile on CUDA needs the triton package, which is not installed"
-    try:
-        probe = torch.compile(lambda t: torch.softmax(t, -1) * 1.0, dynamic=False, fullgraph=True)
-        out = probe(torch.zeros(2, 3, device=device_type))
-        if not torch.allclose(out.cpu(), torch.full((2, 3), 1 / 3)):
-            return "torch.compile produced a wrong softmax in the probe"
-    except Exception as exc:  # any backend failure means the variant cannot run here
-        return f"torch.compile failed on {device_type}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-    return None
-
-
-def unavailable(device: torch.device) -> str | None:
-    """None when torch.compile works on this device type, else why not (probed once per device type)."""
-    return _probe(torch.device(device).type)
-
-
 variant = Variant(
     name="compiled",
     summary="torch.compile (Inductor: C++ on CPU, Triton on CUDA) of the fused log-softmax path",
@@ -161,5 +128,5 @@ variant = Variant(
         expected_failures={"confident_correct": ("float64", "float32")},
         notes="same formula as logsumexp, fused by Inductor; tiny losses round to 0",
     ),
-    unavailable=unavailable,
+    unavailable=inductor.unavailable,
 )

@@ -4,43 +4,54 @@ Why the builtin is slow there: every row-wise kernel (max, sum, the final divide
 loop per row: too short to vectorise, so each element costs a scalar iteration plus loop overhead, and
 torch.softmax on 65536x10 float32 moves under 1 GB/s on this CPU.
 
-The narrow path never loops over a row. It works on the tensor as one flat vector plus two tiny matrix ops:
+The narrow path never needs a per-row max. It is a handful of plain PyTorch lines:
 
   1. one range check of the whole tensor, torch.aminmax (a contiguous vectorised pass over M*C elements);
-  2. e = exp(x - shift) over the flat tensor, with ONE scalar shift for all rows (computed as exp2);
-  3. the row sums s = e @ ones(C), a BLAS matrix-vector product;
-  4. y = e * (1 / s)[:, None], in place.
+  2. e = exp(x - shift) over the flat tensor, with ONE shift for all rows (computed as exp2);
+  3. the row sums s of e;
+  4. y = e * (1 / s)[:, None].
 
 Step 2 is safe because of step 1: when the whole tensor spans less than SPAN (80 in float32), shifting
 every row by the global max keeps every exp in [e^-80, 1]: nothing overflows, nothing underflows, and every
-row's sum lies in [e^-80, C]. The shift is skipped altogether when the values already lie in that safe
-window (ordinary logits do), saving a pass. A row-wise max buys nothing more in accuracy: exp(x - shift)
-has the same relative error for any shift that keeps it in range. Tensors outside the window (a row 1000
-below another, -inf masks, inf, nan) and rows longer than MAX_COLS take the general path: torch's fused
-kernels, which are fast for wide rows and handle every special value. Half inputs run in float32,
-float64 inputs always take the general path.
+row's sum lies in [e^-80, C]. The shift is 0 when the values already lie in that safe window (ordinary logits
+do). A row-wise max buys nothing more in accuracy: exp(x - shift) has the same relative error for any shift
+that keeps it in range. Tensors outside the window (a row 1000 below another, -inf masks, inf, nan) and rows
+longer than MAX_COLS take the general path: torch's fused kernels, which are fast for wide rows and handle
+every special value. Half inputs run in float32, float64 inputs always take the general path.
 
-Backward, one fused expression each, with the same flat/BLAS structure:
-  softmax:        dx = y*dy - y * ((y*dy) @ ones)                   (row dot by matrix-vector product)
-  cross-entropy:  dx = e * (g / s)[:, None];  dx[i, t_i] -= g_i     (one flat scatter_add)
+Backward, one expression each:
+  softmax:        dx = y*dy - y * rowsum(y*dy)
+  cross-entropy:  dx = e * (g / s)[:, None] - g * onehot(t)
 
-Bytes moved (forward, M rows, C classes, float32): the range check reads 4MC, the exp pass reads 4MC and
-writes 4MC, the row sums read 4MC, the scaling reads and writes 4MC: about 5x the 8MC a single fused pass
-needs, and still an order of magnitude faster than scalar 10-element loops.
+Steps 2-3, step 4, and each backward are fused by torch.compile (Inductor), one compiled function per row
+length so the 10-element rows stay a compile-time constant: the exp runs as one flat vectorised loop over
+M*C elements and the row sums and broadcasts as unrolled 10-element loops. The formulation is what makes
+that fast: the same Inductor compiling the textbook max-subtract form (the `compiled` variant) stays at
+2-3x torch on this shape, since its per-row max and exp run as short masked vector loops. Where
+torch.compile cannot run (no C++ compiler, or under an op-level tracer such as the harness's peak-memory
+pass) the same lines run eagerly: still no per-row loop, about 12x torch forward and 8x forward+backward
+on 65536x10 on this CPU, against 15-19x and 13-16x compiled.
+
+Bytes moved (forward, M rows, C classes, float32): the range check reads 4MC; exp and row sums read 4MC and
+write 4MC; the scaling reads and writes 4MC: 2.5x the 8MC a single fused pass needs.
 
     >>> import softmax_impls; v = softmax_impls.get("narrow")
-    >>> v.softmax(torch.randn(65536, 10))
+    >>> v.softmax(torch.randn(65536, 10))          # the first call for a row length compiles (seconds)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 
-from softmax_impls import Variant, along_rows
+from softmax_impls import Variant, along_rows, inductor
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
+T = TypeVar("T")
 
 # Rows up to this long take the narrow path; longer rows vectorise fine in torch's own kernels.
 MAX_COLS = 64
@@ -52,70 +63,98 @@ SAFE_TOP = 20.0
 LOG2E = 1.4426950408889634  # exp(t) = 2^(t·log2 e)
 
 
-def _shared_shift(x: Tensor) -> float | None:
-    """The one shift every row can use (0.0 when none is needed), or None when the narrow path is unsafe."""
-    lo, hi = (v.item() for v in torch.aminmax(x))  # nan and +-inf fail the comparisons below
-    if not (hi - lo <= SPAN):
+def _shared_shift(x: Tensor) -> Tensor | None:
+    """The one shift every row can use (a 0-d tensor, 0 when none is needed), or None when the narrow path is
+    unsafe for x."""
+    lo, hi = torch.aminmax(x)
+    lo_v, hi_v = lo.item(), hi.item()  # nan and +-inf fail the comparisons below
+    if not (hi_v - lo_v <= SPAN):
         return None
-    if hi <= SAFE_TOP and lo >= SAFE_TOP - SPAN:
-        return 0.0
+    if hi_v <= SAFE_TOP and lo_v >= SAFE_TOP - SPAN:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
     return hi
 
 
-def _narrow_exp(x: Tensor) -> tuple[Tensor, Tensor, float] | None:
-    """(e, s, shift): e = exp(x - shift) [M, C] float32 and its row sums s [M], or None when x (float32,
-    contiguous [M, C]) needs the general path."""
+def narrow_shift(x: Tensor) -> Tensor | None:
+    """The shared shift for x (float32, contiguous [M, C]), or None when x needs the general path."""
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] > MAX_COLS or x.numel() == 0:
         return None
-    shift = _shared_shift(x)
-    if shift is None:
-        return None
-    # exp(t) as exp2(t·log2 e): torch's float32 exp2 kernel is 2.7x faster than its exp here (0.20 vs 0.54 ms
-    # on 65536x10), and exp is most of this path's time. Rounding t·log2 e adds a relative error of about
-    # |t|·u to each term, |t| <= SPAN, the same order as rounding x - shift itself; the stability contract
-    # holds it to 64 u (1 + |ln p|). t = x - shift is formed first so Sterbenz keeps it exact near the max.
-    t = (x - shift).mul_(LOG2E) if shift else x * LOG2E
-    e = t.exp2_()
-    s = torch.mv(e, torch.ones(x.shape[1], dtype=x.dtype, device=x.device))
-    return e, s, shift
+    return _shared_shift(x)
+
+
+# --- the narrow path's math: plain PyTorch, run compiled where torch.compile works, else eagerly ----------
+
+def _exp_rows(x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    # exp(t) as exp2(t·log2 e): torch's float32 exp2 kernel is 2.7x faster than its exp eagerly (0.20 vs 0.54
+    # ms on 65536x10). Rounding t·log2 e adds a relative error of about |t|·u to each term, |t| <= SPAN, the
+    # same order as rounding x - shift itself; the stability contract holds it to 64 u (1 + |ln p|).
+    # t = x - shift is formed first so Sterbenz keeps it exact near the max.
+    e = torch.exp2((x - shift) * LOG2E)
+    return e, e.sum(1)
+
+
+def _scale_rows(e: Tensor, s: Tensor) -> Tensor:
+    # Its own compiled function: fused with _exp_rows, Inductor recomputes the exp inside the per-row loop
+    # (0.47 ms on 65536x10) instead of reading e back (0.19 + 0.06 ms).
+    return e * (1 / s).unsqueeze(1)
+
+
+def _softmax_backward(y: Tensor, dy: Tensor) -> Tensor:
+    ydy = y * dy
+    return ydy - y * ydy.sum(1, keepdim=True)
+
+
+def _ce_forward(x: Tensor, target: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    e, s = _exp_rows(x, shift)
+    x_t = x.gather(1, target.unsqueeze(1)).squeeze(1)
+    # (shift - x[t]) + log s, the fused form, assembled in float64 on these [M] vectors: with shift 0, log s is
+    # as large as x[t] (up to 20) and the float32 difference would lose digits of a small loss.
+    loss = (shift.double() - x_t.double()) + torch.log(s.double())
+    return e, s, loss.float()
+
+
+def _ce_backward(e: Tensor, s: Tensor, g: Tensor, target: Tensor) -> Tensor:
+    grad = e * (g / s).unsqueeze(1)  # softmax * g, without forming softmax on its own
+    onehot = torch.arange(e.shape[1], device=e.device).unsqueeze(0) == target.unsqueeze(1)
+    return torch.where(onehot, grad - g.unsqueeze(1), grad)
+
+
+def _run(fn: Callable[..., T], *args: Tensor) -> T:
+    x = args[0]
+    if inductor.tracing_ops() or inductor.unavailable(x.device) is not None:
+        return fn(*args)
+    # One compiled function per row length (its own dynamo cache): the row length stays a constant, so the
+    # 10-element loops unroll (compiled with symbolic shapes, softmax fwd+bwd on 65536x10 ran 0.77-0.80 ms,
+    # with a constant row length 0.53-0.61); the batch turns symbolic after its first change, so the chapter's
+    # batches (256, the last one of 96, the 10000 test images) share one kernel.
+    return inductor.compiled(fn, dynamic=None, key=(x.device.type, x.shape[1]))(*args)
 
 
 class _Softmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, e: Tensor, s: Tensor) -> Tensor:
-        y = e.mul_(s.reciprocal_().unsqueeze(1))  # e and s are this call's own buffers: scaled in place
+    def forward(ctx, x: Tensor, shift: Tensor) -> Tensor:
+        e, s = _run(_exp_rows, x, shift)
+        y = _run(_scale_rows, e, s)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
-        # dx = y·dy - y·(row sum of y·dy). Not addcmul: with a broadcast [M, 1] factor it runs 5x slower here
-        # than a broadcast mul followed by a same-shape subtraction (1.37 ms vs 0.30 ms on 65536x10).
-        ydy = dy.contiguous() * y
-        dot = torch.mv(ydy, torch.ones(y.shape[1], dtype=y.dtype, device=y.device))
-        return ydy.sub_(y * dot.unsqueeze(1)), None, None
+        return _run(_softmax_backward, y, dy.contiguous()), None
 
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, e: Tensor, s: Tensor, shift: float) -> Tensor:
-        flat_target = torch.arange(logits.shape[0], device=logits.device) * logits.shape[1] + target
-        x_t = logits.view(-1).take(flat_target)
-        # (shift - x[t]) + log s, the fused form, assembled in float64 on these [M] vectors: with shift 0,
-        # log s is as large as x[t] (up to 20) and the float32 difference would lose digits of a small loss.
-        loss = (shift - x_t.double()) + torch.log(s.double())
-        ctx.save_for_backward(e, s, flat_target)
-        return loss.to(logits.dtype)
+    def forward(ctx, logits: Tensor, target: Tensor, shift: Tensor) -> Tensor:
+        e, s, loss = _run(_ce_forward, logits, target, shift)
+        ctx.save_for_backward(e, s, target)
+        return loss
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, None, None]:
-        e, s, flat_target = ctx.saved_tensors
-        g = g.to(e.dtype)
-        grad = e * (g / s).unsqueeze(1)  # softmax * g, without forming softmax on its own
-        # minus onehot * g: one flat scatter (4x faster here than index_put_ with accumulate=True)
-        grad.view(-1).scatter_add_(0, flat_target, -g)
-        return grad, None, None, None, None
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        e, s, target = ctx.saved_tensors
+        return _run(_ce_backward, e, s, g.to(e.dtype).contiguous(), target), None, None
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -125,13 +164,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _softmax_rows(x: Tensor) -> Tensor:
     rows = x.to(_compute_dtype(x.dtype)).contiguous()
-    with torch.no_grad():  # e and s enter the autograd.Function as plain buffers
-        narrow = _narrow_exp(rows)
-    if narrow is None:  # the general path: torch's fused kernel
-        y = torch.softmax(rows, 1)
-    else:
-        e, s, _ = narrow
-        y = _Softmax.apply(rows, e, s)
+    with torch.no_grad():
+        shift = narrow_shift(rows)
+    # None: the general path, torch's fused kernel
+    y = torch.softmax(rows, 1) if shift is None else _Softmax.apply(rows, shift)
     return y.to(x.dtype)
 
 
@@ -147,17 +183,17 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     x = logits.to(_compute_dtype(logits.dtype)).contiguous()
     with torch.no_grad():
-        narrow = _narrow_exp(x)
-    if narrow is None:  # the general path: torch's fused log-softmax + NLL
+        shift = narrow_shift(x)
+    if shift is None:  # the general path: torch's fused log-softmax + NLL
         loss = F.cross_entropy(x, target, reduction="none")
     else:
-        loss = _CrossEntropy.apply(x, target, *narrow)
+        loss = _CrossEntropy.apply(x, target, shift)
     return loss.to(logits.dtype)
 
 
 variant = Variant(
     name="narrow",
-    summary="few classes, many rows: one shared shift, flat exp2, BLAS row sums, no per-row loop, pure PyTorch",
+    summary="few classes, many rows: one shared shift, no row max, flat exp2, row sums; fused by torch.compile",
     softmax=softmax,
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,

@@ -175,18 +175,70 @@ def test_accurate_logsumexp_never_overflows_and_masks_give_minus_inf() -> None:
 
 def test_narrow_takes_its_path_for_the_chapter_shape_and_torch_elsewhere() -> None:
     x = _logits((4096, 10), torch.float32)
-    assert narrow._narrow_exp(x) is not None
-    assert narrow._narrow_exp(x + 1e4) is not None  # translated: one shared shift, still safe
+    assert narrow.narrow_shift(x) is not None
+    assert narrow.narrow_shift(x + 1e4) is not None  # translated: one shared shift, still safe
     far = x.clone()
     far[0, 0] = -500.0  # span > 80: a shared shift would underflow row 0, so the general path
-    assert narrow._narrow_exp(far) is None
-    assert narrow._narrow_exp(_logits((8, 200), torch.float32)) is None  # wide rows
+    assert narrow.narrow_shift(far) is None
+    assert narrow.narrow_shift(_logits((8, 200), torch.float32)) is None  # wide rows
     t = _targets(4096, 10)
     for inp in (x, x + 1e4, far):
         torch.testing.assert_close(narrow.softmax(inp).double(), torch.softmax(inp.double(), -1),
                                    rtol=2e-5, atol=1e-7)
         torch.testing.assert_close(narrow.cross_entropy(inp, t).double(),
                                    F.cross_entropy(inp.double(), t, reduction="none"), rtol=2e-6, atol=1e-6)
+
+
+def _narrow_step(x: torch.Tensor, t: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """softmax, its gradient, the loss and its gradient of narrow on x."""
+    xs = x.clone().requires_grad_()
+    y = narrow.softmax(xs)
+    y.backward(dy)
+    xc = x.clone().requires_grad_()
+    loss = narrow.cross_entropy(xc, t)
+    loss.backward(dy[:, 0])
+    return y.detach(), xs.grad, loss.detach(), xc.grad
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e4], ids=["in-window", "shared-shift"])
+def test_narrow_compiled_and_eager_paths_agree_with_float64(monkeypatch: pytest.MonkeyPatch, shift: float) -> None:
+    # The batches of the chapter (256, the last of 96, the 10000 test images): after the first change the
+    # batch turns symbolic in the compiled kernel; each batch, both paths, against float64.
+    for n in (256, 96, 10000):
+        x = _logits((n, 10), torch.float32, seed=n) + shift
+        t = _targets(n, 10, seed=n)
+        dy = torch.randn(n, 10, generator=torch.Generator().manual_seed(n + 1))
+        xr = x.double().requires_grad_()
+        yr = torch.softmax(xr, -1)
+        yr.backward(dy.double())
+        xr2 = x.double().requires_grad_()
+        lr = F.cross_entropy(xr2, t, reduction="none")
+        lr.backward(dy[:, 0].double())
+        compiled_path = _narrow_step(x, t, dy)
+        with monkeypatch.context() as m:  # no torch.compile: the same lines, eagerly
+            m.setattr(narrow.inductor, "unavailable", lambda device: "no compiler (test)")
+            eager_path = _narrow_step(x, t, dy)
+        for got in (compiled_path, eager_path):
+            y, gx, loss, gl = (v.double() for v in got)
+            torch.testing.assert_close(y, yr.detach(), rtol=2e-5, atol=1e-7)
+            torch.testing.assert_close(gx, xr.grad, rtol=2e-5, atol=1e-6)
+            torch.testing.assert_close(loss, lr.detach(), rtol=2e-6, atol=1e-6)
+            torch.testing.assert_close(gl, xr2.grad, rtol=2e-5, atol=1e-6)
+
+
+def test_narrow_runs_eagerly_under_an_op_tracer_and_compiled_says_why_it_cannot() -> None:
+    # The throughput harness measures CPU peak memory with an op-level TorchDispatchMode, which compiled
+    # kernels bypass: narrow then runs its lines eagerly (the tracer sees every allocation), compiled refuses
+    # with a sentence instead of dynamo's internal error.
+    from bench.timing import cpu_memory_unsupported, peak_memory
+
+    if cpu_memory_unsupported():
+        pytest.skip(cpu_memory_unsupported())
+    x = _logits((4096, 10), torch.float32)
+    peak = peak_memory(lambda: narrow.softmax(x), torch.device("cpu"))
+    assert peak >= x.numel() * 4  # at least the output
+    with pytest.raises(RuntimeError, match="memory tracker"):
+        peak_memory(lambda: softmax_impls.get("compiled").softmax(x), torch.device("cpu"))
 
 
 # -- chunked -----------------------------------------------------------------------------------------------
