@@ -248,6 +248,16 @@ def throughput_wide(bundle: Bundle) -> pd.DataFrame:
     return wide
 
 
+def cpu_roofline_has_streaming_copy(bundle: Bundle) -> bool:
+    """Whether the CPU rooflines of these runs include the streaming copy (runs before it used copy_ alone;
+    bench.throughput writes 'streaming copy' into the message of every CPU copy_gbps row that has one)."""
+    tp = bundle.tables["throughput"]
+    if tp.empty or "message" not in tp:
+        return False
+    rows = tp[(tp["metric"] == "copy_gbps") & (tp["device"].astype(str).str.startswith("cpu"))]
+    return bool(rows["message"].fillna("").str.contains("streaming copy").any())
+
+
 def throughput_failures(bundle: Bundle) -> pd.DataFrame:
     tp = bundle.tables["throughput"]
     bad = tp[tp["status"] != "ok"] if not tp.empty else tp

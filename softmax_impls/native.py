@@ -77,6 +77,7 @@ _SIGNATURES = {
     "native_exp_nonpos": ([_VP, _VP, _I64], None),
     "native_log1p": ([_VP, _VP, _I64], None),
     "native_openmp": ([], _INT),
+    "native_stream_copy": ([_VP, _VP, _I64, _INT], None),
 }
 
 
@@ -198,6 +199,18 @@ def unavailable(device: torch.device) -> str | None:
     except BuildError as exc:
         return f"native kernels unavailable: {exc}"
     return None
+
+
+def stream_copy(dst: Tensor, src: Tensor) -> None:
+    """dst <- src (contiguous CPU tensors of the same size in bytes) with streaming stores above 8 MiB, on
+    torch's thread count: the copy roofline that skips the read-for-ownership copy_ pays. BuildError when
+    the kernels are unavailable."""
+    if not (src.is_contiguous() and dst.is_contiguous()) or src.device.type != "cpu" or dst.device.type != "cpu":
+        raise ValueError("stream_copy needs contiguous CPU tensors")
+    nbytes = src.numel() * src.element_size()
+    if dst.numel() * dst.element_size() != nbytes:
+        raise ValueError(f"stream_copy: {nbytes} bytes into {dst.numel() * dst.element_size()}")
+    library().native_stream_copy(src.data_ptr(), dst.data_ptr(), nbytes, _threads())
 
 
 # -- autograd -----------------------------------------------------------------------------------------

@@ -826,6 +826,53 @@ void native_log1p(const float *x, float *y, int64_t len) {
     }
 }
 
+/* dst[0:bytes) = src[0:bytes) with the fastest copy this CPU has for buffers that do not fit in cache:
+   64-byte loads and non-temporal stores (no read-for-ownership of dst), split over `threads`. Not a kernel
+   of the variant: the throughput harness's second roofline (bench/throughput.py), since PyTorch's copy_
+   reads every destination line before writing it and so moves 1.5x the bytes it counts. Below
+   STREAM_MIN_BYTES it is memcpy: a small copy is served from cache, where streaming would be slower. */
+static void stream_part(const char *s, char *d, int64_t n) {
+    int64_t head = (int64_t)((64 - ((uintptr_t)d & 63)) & 63);
+    if (head > n) head = n;
+    memcpy(d, s, (size_t)head);
+    s += head; d += head; n -= head;
+    int64_t i = 0;
+    for (; i + 256 <= n; i += 256) {
+        __m512i a = _mm512_loadu_si512(s + i), b = _mm512_loadu_si512(s + i + 64);
+        __m512i c = _mm512_loadu_si512(s + i + 128), e = _mm512_loadu_si512(s + i + 192);
+        _mm512_stream_si512((__m512i *)(d + i), a);
+        _mm512_stream_si512((__m512i *)(d + i + 64), b);
+        _mm512_stream_si512((__m512i *)(d + i + 128), c);
+        _mm512_stream_si512((__m512i *)(d + i + 192), e);
+    }
+    memcpy(d + i, s + i, (size_t)(n - i));
+    _mm_sfence();
+}
+
+void native_stream_copy(const void *src, void *dst, int64_t bytes, int threads) {
+    const char *s = (const char *)src;
+    char *d = (char *)dst;
+    if (bytes < (int64_t)STREAM_MIN_BYTES) {
+        memcpy(d, s, (size_t)bytes);
+        return;
+    }
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        {
+            int id = omp_get_thread_num(), k = omp_get_num_threads();
+            /* cache-line aligned split points, so no two threads write one line */
+            int64_t a = (bytes * id / k) & ~(int64_t)63, b = id == k - 1 ? bytes : (bytes * (id + 1) / k) & ~(int64_t)63;
+            stream_part(s + a, d + a, b - a);
+        }
+        return;
+    }
+#else
+    (void)threads;
+#endif
+    stream_part(s, d, bytes);
+}
+
 /* 1 when compiled with OpenMP (threads available), else 0. */
 int native_openmp(void) {
 #ifdef _OPENMP

@@ -327,3 +327,26 @@ def test_missing_compiler_keeps_the_variant_registered(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "native kernels unavailable: no C compiler" in done.stdout
+
+
+# -- the streaming copy (the throughput harness's CPU roofline) ---------------------------------------------
+
+@pytest.mark.parametrize("nbytes", [4 * 1000, (8 << 20) + 4 * 13, 3 * (8 << 20) + 4 * 7],
+                         ids=["in-cache-memcpy", "streamed", "streamed-3x"])
+@pytest.mark.parametrize("offset", [0, 3], ids=["aligned", "misaligned"])
+def test_stream_copy_copies_every_byte(threads: int, nbytes: int, offset: int) -> None:
+    n = nbytes // 4
+    g = torch.Generator().manual_seed(nbytes + offset)
+    src_buf = torch.randn(n + offset, generator=g)
+    dst_buf = torch.full((n + offset + 1,), float("nan"))
+    src, dst = src_buf[offset:], dst_buf[offset:offset + n]  # unaligned starts for the streamed head/tail
+    native.stream_copy(dst, src)
+    assert torch.equal(dst, src)
+    assert dst_buf[offset + n].isnan() and (offset == 0 or dst_buf[:offset].isnan().all())  # nothing past it
+
+
+def test_stream_copy_refuses_buffers_it_cannot_copy() -> None:
+    with pytest.raises(ValueError, match="bytes into"):
+        native.stream_copy(torch.empty(10), torch.empty(11))
+    with pytest.raises(ValueError, match="contiguous"):
+        native.stream_copy(torch.empty(10, 2).t(), torch.empty(2, 10))

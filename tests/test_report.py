@@ -12,6 +12,7 @@ from pathlib import Path
 import _report_runs as R
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import main
 from bench.report import render
@@ -126,3 +127,24 @@ def test_bad_input_gives_one_message(base_run: Path, tmp_path: Path, capsys):
 
     assert main(["report", str(tmp_path)]) == 2  # a folder, but not a run
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_roofline_paragraph_says_which_copy_the_runs_measured(base_run: Path, tmp_path: Path):
+    # base_run's rows hold copy_ alone (as runs made before the streaming copy do): the report warns that a
+    # streaming kernel can pass 100%. A real sweep now writes both copies into every CPU copy_gbps row.
+    import softmax_impls
+    from bench.presets import SweepBlock, ThroughputPreset, TimerBudget
+    from bench.results import Run
+    from bench.throughput import throughput_into
+
+    old = _section(render([_copy(base_run, tmp_path / "old", ("throughput",))], tmp_path / "r_old").read_text(),
+                   "Throughput")
+    assert "can pass 100%" in old and "better of `copy_` and a streaming copy" not in old
+    if softmax_impls.get("native").unavailable("cpu") is not None:
+        pytest.skip("the native kernels (and so the streaming copy) cannot be built here")
+    run = Run.create(tmp_path / "runs")
+    preset = ThroughputPreset("t", "test", blocks=(SweepBlock(("softmax_fwd",), ((256, 10),), ("float32",)),),
+                              timer=TimerBudget(warmup=1, min_reps=3, budget_s=0.01))
+    throughput_into(run, [softmax_impls.get("torch")], torch.device("cpu"), preset, summary=False)
+    new = _section(render([run.path], tmp_path / "r_new").read_text(), "Throughput")
+    assert "better of `copy_` and a streaming copy" in new and "can pass 100%" not in new
