@@ -170,6 +170,44 @@ THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
     )
 }
 
+# --- throughput targets (bench/targets.py) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThroughputTarget:
+    """A figure the throughput study promises, checked against stored rows and printed as met / NOT met.
+
+    At every measured point of `ops` x `dtypes` on `device` whose shape is one of `shapes` (or, when `shapes`
+    is empty, whose row length lies in [min_cols, max_cols]), `variant`'s `metric` (or, with variant None,
+    the best variant's, torch excluded for a speedup) must reach `threshold`. The figures are issue 6's.
+    """
+
+    name: str
+    device: str  # "cpu" or "cuda" (any cuda:N)
+    ops: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    metric: str  # "roofline_frac" or "speedup_vs_torch"
+    threshold: float
+    variant: str | None = None
+    shapes: tuple[tuple[int, int], ...] = ()
+    min_cols: int = 0
+    max_cols: int = 2**62
+    strictly: bool = False  # above the threshold, not at it ("faster than torch": a ratio above 1)
+
+
+THROUGHPUT_TARGETS: tuple[ThroughputTarget, ...] = (
+    ThroughputTarget("CPU: the best softmax at >= 90% of the copy bandwidth", "cpu", ("softmax_fwd",),
+                     ("float32",), "roofline_frac", 0.90, shapes=((4096, 4096), (1024, 131072))),
+    ThroughputTarget("CPU: narrow >= 10x torch on the chapter's shape", "cpu",
+                     ("softmax_fwd", "softmax_fwd_bwd", "ce_fwd", "ce_fwd_bwd"), ("float32",), "speedup_vs_torch",
+                     10.0, variant="narrow", shapes=(_TP_NARROW,)),
+    ThroughputTarget("GPU: the best softmax at >= 90% of the copy bandwidth, rows of 4K to 256K", "cuda",
+                     ("softmax_fwd",), ("float32", "bfloat16"), "roofline_frac", 0.90, min_cols=4096,
+                     max_cols=262144),
+    ThroughputTarget("GPU: the best softmax faster than torch from rows of 64K up", "cuda", ("softmax_fwd",),
+                     ("float32", "bfloat16"), "speedup_vs_torch", 1.0, min_cols=65536, strictly=True),
+)
+
 # --- stability sweeps (bench/stability.py) -------------------------------------------------------
 
 

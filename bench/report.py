@@ -36,6 +36,7 @@ from bench import UserError
 from bench import report_tables as T
 from bench.presets import FASHION_LABELS, REGIMES
 from bench.results import Run
+from bench.targets import target_lines
 
 REPORTS_DIR = Path("reports")
 CSS = """
@@ -192,6 +193,11 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
         doc.p("No run holds throughput.csv: not measured (run `softmax-bench throughput --resume RUN`).")
     else:
         doc.ul(T.throughput_reading(wide, failures))
+        targets = target_lines(bundle.tables["throughput"])
+        if targets:
+            doc.p("The figures the study promises (THROUGHPUT_TARGETS in bench/presets.py), checked against "
+                  "these rows:")
+            doc.ul(targets)
         formulas = _byte_formulas()
         if formulas:
             doc.p("Bytes each op must move (effective bandwidth = these bytes / median time):")

@@ -74,6 +74,7 @@ from bench.presets import (
 )
 from bench.progress import each, log
 from bench.results import Run, ThroughputRow
+from bench.targets import target_lines
 from bench.timing import Measurement, keep_freed_memory, peak_memory, time_call, timer_overhead
 from softmax_impls import Variant
 
@@ -595,6 +596,9 @@ def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block
                 lines.append(f"{var:{name_w}s} " + " ".join(f"{c:>{width}s}" for c in row))
 
     lines.append("")
+    targets = target_lines(df, device=device)
+    if targets:
+        lines += ["targets (bench/presets.py):", *(f"  {line}" for line in targets), ""]
     for r in df[(df["metric"] == "repeat_diff_frac") & (df["status"] == "ok")].itertuples(index=False):
         first = value.get((r.variant, r.op, r.rows, r.cols, r.dtype, "median_s"))
         second = value.get((r.variant, r.op, r.rows, r.cols, r.dtype, "repeat_median_s"))

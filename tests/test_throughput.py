@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -283,3 +284,47 @@ def test_roofline_probe_times_every_piece_and_rejects_bad_options(capsys):
     assert roofline_probe.main(["--shape", "64by1000"]) == 2
     assert roofline_probe.main(["--variant", "nope"]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def _target_rows(points: list[tuple[str, str, str, int, int, str, float]]) -> pd.DataFrame:
+    """Tidy throughput rows (variant, device, op, rows, cols, metric, value), as a sweep stores them."""
+    return pd.DataFrame([dict(variant=v, device=d, dtype="float32", op=op, rows=r, cols=c, metric=m, value=x,
+                              unit="ratio", status="ok", message="") for v, d, op, r, c, m, x in points])
+
+
+def test_targets_say_met_not_met_and_not_measured_per_device() -> None:
+    from bench.presets import ThroughputTarget
+    from bench.targets import target_lines
+
+    roof = ThroughputTarget("roof", "cpu", ("softmax_fwd",), ("float32",), "roofline_frac", 0.9,
+                            shapes=((4096, 4096), (1024, 131072)))
+    fast = ThroughputTarget("fast", "cpu", ("softmax_fwd",), ("float32",), "speedup_vs_torch", 1.0,
+                            min_cols=65536, strictly=True)
+    gpu = ThroughputTarget("gpu", "cuda", ("softmax_fwd",), ("float32",), "roofline_frac", 0.9)
+    rows = _target_rows([
+        ("torch", "cpu", "softmax_fwd", 4096, 4096, "roofline_frac", 0.95),   # the best may be torch itself
+        ("native", "cpu", "softmax_fwd", 4096, 4096, "roofline_frac", 0.80),
+        ("native", "cpu", "softmax_fwd", 1024, 131072, "roofline_frac", 0.91),
+        ("torch", "cpu", "softmax_fwd", 1024, 131072, "speedup_vs_torch", 1.0),  # never counts for a speedup
+        ("native", "cpu", "softmax_fwd", 1024, 131072, "speedup_vs_torch", 1.0),  # not strictly faster
+        ("native", "cpu", "softmax_fwd", 512, 1000, "roofline_frac", 0.10),   # outside both targets
+    ])
+    lines = target_lines(rows, [roof, fast, gpu])
+    assert lines[0] == ("met: roof: softmax_fwd 4096x4096 float32 torch 95%, "
+                        "softmax_fwd 1024x131072 float32 native 91%")
+    assert lines[1] == "NOT met at 1 of 1 points: fast: softmax_fwd 1024x131072 float32 native 1.0x"
+    assert len(lines) == 2  # no cuda rows: the GPU target is not this run's business
+    worse = rows.assign(value=rows["value"].where(rows["variant"] != "native", 0.5))
+    assert target_lines(worse, [roof])[0].startswith("NOT met at 1 of 2 points")
+    assert target_lines(rows[rows["cols"] == 1000], [roof]) == ["not measured: roof"]
+
+
+def test_summary_prints_the_targets_of_its_device(tmp_path) -> None:
+    run = Run.create(tmp_path)
+    preset = ThroughputPreset("t", "test", blocks=(SweepBlock(("softmax_fwd",), ((65536, 10),), ("float32",)),),
+                              timer=TimerBudget(warmup=1, min_reps=3, budget_s=0.01))
+    throughput_into(run, [softmax_impls.get("torch"), softmax_impls.get("narrow")], CPU, preset, summary=False)
+    text = summary_table(run.read("throughput"), "cpu")
+    line = next(line for line in text.splitlines() if "narrow >= 10x torch" in line)
+    assert "softmax_fwd 65536x10 float32 narrow" in line and line.strip().startswith(("met:", "NOT met"))
+    assert "not measured: CPU: the best softmax" in text and "GPU" not in text
