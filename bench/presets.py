@@ -109,6 +109,9 @@ class ThroughputPreset:
     # CPU: a unit is not attempted (status oom) when inputs + this many input-sized temporaries exceed the
     # memory the kernel says is available - the OOM killer would end the whole sweep, not just the unit.
     cpu_live_copies: int = 8
+    # CPU: units whose input is at least this big (it streams from DRAM: the L3 here is 32 MiB) time the
+    # variant and the copies in turns, so the roofline ratio does not ride on minutes of bandwidth drift.
+    cpu_interleave_bytes: int = 32 * 2**20
 
 
 _TP_OPS = THROUGHPUT_OPS

@@ -4,7 +4,8 @@
     python -m bench.roofline_probe --shape 1024x131072 --threads 1
 
 Every line is bytes moved (read x + write y, 2·M·N·4) over the median time, for one buffer of the given
-shape, timed by bench.timing in one process one after the other:
+shape, timed by bench.timing in one process, one call of each piece in turn (so all see the same memory
+bandwidth):
 
     copy_        dst.copy_(x)                      PyTorch's copy (stores read each line first)
     stream_copy  the native kernels' streaming copy  non-temporal stores; bench.throughput's CPU roofline is
@@ -31,7 +32,7 @@ import softmax_impls
 from bench import UserError
 from bench.presets import TimerBudget
 from bench.throughput import parse_shape, streaming_copy
-from bench.timing import keep_freed_memory, time_call
+from bench.timing import keep_freed_memory, time_cpu_interleaved
 
 BUDGET = TimerBudget(warmup=6, warmup_s=2.0, min_reps=5, budget_s=0.5)  # the big-shape warm-up of the sweep
 
@@ -52,7 +53,9 @@ def probe(rows: int, cols: int, variants: list[str]) -> list[tuple[str, float]]:
         if variant.skip_reason(cpu, x.dtype) is None:
             calls[name] = lambda v=variant: v.softmax(x, -1)
     nbytes = 2 * x.numel() * x.element_size()
-    return [(name, nbytes / time_call(fn, cpu, BUDGET).stats.median / 1e9) for name, fn in calls.items()]
+    # sampled in turns, so every piece sees the same memory bandwidth (it drifts 2x over minutes here)
+    measured = time_cpu_interleaved(list(calls.values()), BUDGET)
+    return [(name, nbytes / m.stats.median / 1e9) for name, m in zip(calls, measured, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,11 @@ Effective bandwidth uses the fewest bytes each op must move (:data:`OPS`, formul
 ``roofline_frac`` divides it by ``copy_gbps``: the fastest copy of one input-sized buffer on the same
 device, timed the same way just before the unit (the same cache regime: a 10 KB tensor is compared with a copy
 in cache, a 512 MB one with a copy from DRAM). On CUDA that is ``dst.copy_(src)``; on CPU the better of
-``copy_`` and a streaming copy (:meth:`_Sweep.copy_bandwidth` says why). ``speedup_vs_torch`` is the
-`torch` variant's median over this one, both measured in this run.
+``copy_`` and a streaming copy (:meth:`_Sweep.copies` says why). CPU units whose input streams from DRAM
+(``cpu_interleave_bytes`` of the preset, 32 MiB) time the variant and the copies in turns instead, one call
+of each per round, so the ratio does not ride on the host's bandwidth drift (two sweeps a minute apart put
+`native` at 69% and 94% of a roofline measured before it; in turns, 91-97% over three sweeps).
+``speedup_vs_torch`` is the `torch` variant's median over this one, both measured in this run.
 
 Two CPU settings decide what the numbers mean (both are recorded in run.json under "throughput"):
 
@@ -75,7 +78,14 @@ from bench.presets import (
 from bench.progress import each, log
 from bench.results import Run, ThroughputRow
 from bench.targets import target_lines
-from bench.timing import Measurement, keep_freed_memory, peak_memory, time_call, timer_overhead
+from bench.timing import (
+    Measurement,
+    keep_freed_memory,
+    peak_memory,
+    time_call,
+    time_cpu_interleaved,
+    timer_overhead,
+)
 from softmax_impls import Variant
 
 TABLE = "throughput"
@@ -297,37 +307,74 @@ class _Sweep:
     def time(self, fn: Callable[[], object], timer: TimerBudget) -> Measurement:
         return time_call(fn, self.device, timer, flush_l2=self.flush_l2, graph=self.cuda_graph)
 
-    def copy_bandwidth(self, u: Unit) -> tuple[float | None, str, str]:
-        """(GB/s, status, message) of the fastest copy of one input-sized buffer, measured just before the unit.
+    def copies(self, u: Unit) -> tuple[list[tuple[str, Callable[[], object]]], int, str]:
+        """The copies whose best is the roofline, as (name, closure), the bytes each moves, and a note.
 
-        CUDA: dst.copy_(src). CPU: the better of dst.copy_(src) and a streaming copy (non-temporal stores,
-        built with the `native` kernels; the message names both). PyTorch's CPU copy_ reads each destination
-        line before writing it (read-for-ownership), so it moves 1.5x the bytes it counts and a kernel with
-        streaming stores beat it by up to 1.5x here: a roofline must be the best copy the machine can do.
-        Where the native kernels cannot be built, copy_ alone, and the message says why.
+        CUDA: dst.copy_(src). CPU: dst.copy_(src) and a streaming copy (non-temporal stores, built with the
+        `native` kernels). PyTorch's CPU copy_ reads each destination line before writing it
+        (read-for-ownership), so it moves 1.5x the bytes it counts and a kernel with streaming stores beat it
+        by up to 1.5x here: a roofline must be the best copy the machine can do. Where the native kernels
+        cannot be built, copy_ alone, and the note says why.
+        """
+        src = torch.randn(u.rows, u.cols, device=self.device).to(DTYPES[u.dtype])
+        dst = torch.empty_like(src)
+        calls: list[tuple[str, Callable[[], object]]] = [("copy_", lambda: dst.copy_(src))]
+        note = ""
+        if self.device.type == "cpu":
+            stream = streaming_copy()
+            if isinstance(stream, str):
+                note = f"copy_ only: {stream}"
+            else:
+                calls.append(("streaming copy", lambda: stream(dst, src)))
+        return calls, 2 * src.numel() * src.element_size(), note
+
+    @staticmethod
+    def best_copy(names: Sequence[str], gbps: Sequence[float], note: str, how: str = "") -> tuple[float, str]:
+        """(the best copy's GB/s, the message naming every copy) from the copies' bandwidths."""
+        if len(names) == 1:
+            return gbps[0], note
+        figures = " and ".join(f"{name} {g:.3g}" for name, g in zip(names, gbps, strict=True))
+        return max(gbps), f"best of {figures} GB/s{how}"
+
+    def copy_bandwidth(self, u: Unit) -> tuple[float | None, str, str]:
+        """(GB/s, status, message) of the best copy (:meth:`copies`) of one input-sized buffer, measured just
+        before the unit.
 
         Measured again for every unit, not once per shape: on a shared machine the memory bandwidth drifts
         by 2x over minutes (a 64 MB copy ran at 21 to 59 GB/s here), and a roofline taken ten units earlier
-        then says more about the neighbours than about the variant.
+        then says more about the neighbours than about the variant. DRAM-sized CPU units go further and
+        sample the copies in turns with the variant (:meth:`time_beside_copies`).
         """
-        dtype = DTYPES[u.dtype]
         try:
-            src = torch.randn(u.rows, u.cols, device=self.device).to(dtype)
-            dst = torch.empty_like(src)
-            nbytes = 2 * src.numel() * src.element_size()
-            copy_gbps = nbytes / time_call(lambda: dst.copy_(src), self.device, u.timer,
-                                           flush_l2=self.flush_l2).stats.median / 1e9
-            if self.device.type != "cpu":
-                return copy_gbps, "ok", ""
-            stream = streaming_copy()
-            if isinstance(stream, str):
-                return copy_gbps, "ok", f"copy_ only: {stream}"
-            stream_gbps = nbytes / time_call(lambda: stream(dst, src), self.device, u.timer).stats.median / 1e9
-            return max(copy_gbps, stream_gbps), "ok", \
-                f"best of copy_ {copy_gbps:.3g} and streaming copy {stream_gbps:.3g} GB/s"
+            calls, nbytes, note = self.copies(u)
+            gbps = [nbytes / time_call(fn, self.device, u.timer, flush_l2=self.flush_l2).stats.median / 1e9
+                    for _, fn in calls]
+            best, message = self.best_copy([name for name, _ in calls], gbps, note)
+            return best, "ok", message
         except Exception as exc:  # an OOM on the copy still lets the variant be timed
             status, message = classify_failure(exc)
             return None, status, f"copy bandwidth: {message}"
+
+    def interleaves(self, u: Unit) -> bool:
+        """Whether this unit's variant and copies are sampled in turns: CPU inputs of at least
+        preset.cpu_interleave_bytes, which stream from DRAM (smaller ones would evict each other's cache)."""
+        return (self.device.type == "cpu"
+                and u.rows * u.cols * DTYPES[u.dtype].itemsize >= self.preset.cpu_interleave_bytes)
+
+    def time_beside_copies(self, fn: Callable[[], object], u: Unit
+                           ) -> tuple[Measurement, tuple[float | None, str, str]]:
+        """The variant's measurement and the roofline (as copy_bandwidth) from one interleaved sampling."""
+        try:
+            calls, nbytes, note = self.copies(u)
+        except Exception as exc:  # no room for the copy buffers: time the variant alone
+            status, message = classify_failure(exc)
+            return self.time(fn, u.timer), (None, status, f"copy bandwidth: {message}")
+        ms = time_cpu_interleaved([fn, *(call for _, call in calls)], u.timer)
+        gbps = [nbytes / m.stats.median / 1e9 for m in ms[1:]]
+        best, message = self.best_copy([name for name, _ in calls], gbps, note,
+                                       ", each sampled in turns with the variant")
+        del calls
+        return ms[0], (best, "ok", message)
 
     def baseline_median(self, u: Unit) -> float | None:
         """The `torch` median at this op/shape/dtype; timed here (rows not stored) if torch is not swept."""
@@ -369,14 +416,19 @@ class _Sweep:
         if too_big:
             return self.failed(u, "oom", too_big)
 
-        copy_gbps, copy_status, copy_msg = self.copy_bandwidth(u)
+        interleave = self.interleaves(u)
+        if not interleave:
+            copy_gbps, copy_status, copy_msg = self.copy_bandwidth(u)
         op = OPS[u.op]
         inputs = fn = None
         try:
             torch.manual_seed(0)
             inputs = op.make_inputs(u.rows, u.cols, dtype, self.device)
             fn = op.closure(variant, inputs)
-            m = self.time(fn, u.timer)
+            if interleave:
+                m, (copy_gbps, copy_status, copy_msg) = self.time_beside_copies(fn, u)
+            else:
+                m = self.time(fn, u.timer)
             again = self.time(fn, u.timer) if u.repeat else None
             try:
                 peak_bytes = peak_memory(fn, self.device, peaks_once=m.stats.median > 0.01)

@@ -137,6 +137,41 @@ def time_cpu(fn: Callable[[], object], budget: TimerBudget = TimerBudget()) -> M
                        torch.get_num_threads(), "perf_counter")
 
 
+def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimerBudget = TimerBudget()
+                         ) -> list[Measurement]:
+    """Time several closures on the CPU in alternation: one sample of each per round, rounds until the budget
+    (per closure) is spent. Each Measurement is what :func:`time_cpu` would give for that closure alone,
+    except that all of them come from the same seconds.
+
+    Why: a shared machine's memory bandwidth drifts by 2x over minutes, so a kernel timed a second after its
+    roofline can land at 60% or 130% of it by luck. Sampled in turns, both see the same neighbours, and
+    their ratio keeps only the kernel's own spread. Meant for calls that stream from DRAM (milliseconds):
+    a closure run between another's samples evicts what that one left in cache.
+    """
+    clock = time.perf_counter
+    firsts = []
+    for fn in fns:
+        t0 = clock()
+        fn()
+        firsts.append(clock() - t0)
+    estimates = [min(_warm_up(fn, budget, clock), default=first) for fn, first in zip(fns, firsts, strict=True)]
+    inners = [1 if est >= budget.min_sample_s
+              else min(budget.max_inner, max(1, math.ceil(budget.min_sample_s / max(est, 1e-9))))
+              for est in estimates]
+    samples: list[list[float]] = [[] for _ in fns]
+    deadline = clock() + budget.budget_s * len(fns)
+    while len(samples[0]) < budget.max_reps and (len(samples[0]) < budget.min_reps or clock() < deadline):
+        for fn, inner, out in zip(fns, inners, samples, strict=True):
+            loop = range(inner)
+            t0 = clock()
+            for _ in loop:
+                fn()
+            out.append((clock() - t0) / inner)
+    threads = torch.get_num_threads()
+    return [Measurement(summarize(xs, budget.spread_limit), xs, inner, first, threads, "perf_counter, interleaved")
+            for xs, inner, first in zip(samples, inners, firsts, strict=True)]
+
+
 def _warm_up(fn: Callable[[], object], budget: TimerBudget, clock: Callable[[], float],
              sync: Callable[[], None] = lambda: None) -> list[float]:
     """Up to budget.warmup calls, stopping once budget.warmup_s is spent; returns each call's duration."""

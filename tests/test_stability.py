@@ -233,3 +233,21 @@ def test_cli_check_passes_for_torch_in_float32(capsys) -> None:
     assert main(["check", "torch", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "confident_correct" in out and "contract entries hold" in out
+
+
+def test_accurate_is_strictly_more_accurate_than_torch_where_torch_loses_digits(tmp_path) -> None:
+    # issue 6: on the confident-correct and far-target families the stability rows show accurate's loss
+    # error strictly below torch's (torch rounds a tiny loss to 0: an error of the whole loss)
+    from bench.stability import stability_into
+
+    run = Run.create(tmp_path)
+    preset = StabilityPreset("t", "test", lengths=(10, 1000), long_lengths=(10,), rows=4,
+                             families=("confident_correct", "far_target"), thresholds=False)
+    stability_into(run, [softmax_impls.get("accurate"), softmax_impls.get("torch")], CPU, preset,
+                   dtypes=["float32"])
+    df = run.read("stability")
+    err = df[(df["metric"] == "max_rel_err_u") & (df["op"] == "cross_entropy")]
+    worst = err.groupby(["family", "variant"])["value"].max().unstack()
+    assert set(worst.index) == {"confident_correct", "far_target"}, worst
+    assert (worst["accurate"] < worst["torch"]).all(), worst
+    assert worst.loc["confident_correct", "torch"] > 1e6  # the tiny loss came out 0: relative error 1/u

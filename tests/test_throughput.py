@@ -328,3 +328,20 @@ def test_summary_prints_the_targets_of_its_device(tmp_path) -> None:
     line = next(line for line in text.splitlines() if "narrow >= 10x torch" in line)
     assert "softmax_fwd 65536x10 float32 narrow" in line and line.strip().startswith(("met:", "NOT met"))
     assert "not measured: CPU: the best softmax" in text and "GPU" not in text
+
+
+def test_big_cpu_units_time_the_variant_and_the_copies_in_turns(tmp_path) -> None:
+    # the threshold lowered so a small shape counts as DRAM-sized: its roofline message says the copies were
+    # sampled in turns with the variant; the shape below the threshold keeps the copy measured before it
+    block = SweepBlock(("softmax_fwd",), ((64, 1000), (8, 10)), ("float32",))
+    preset = ThroughputPreset("t", "test", blocks=(block,), timer=TimerBudget(warmup=1, min_reps=3, budget_s=0.01),
+                              cpu_interleave_bytes=64 * 1000 * 4)
+    run = Run.create(tmp_path)
+    throughput_into(run, [softmax_impls.get("naive")], CPU, preset, summary=False)
+    df = run.read("throughput")
+    copy = df[df["metric"] == "copy_gbps"].set_index("cols")
+    reps = df[df["metric"] == "reps"].set_index("cols")
+    assert "sampled in turns with the variant" in copy.loc[1000, "message"] or \
+        copy.loc[1000, "message"].startswith("copy_ only:")
+    assert "interleaved" in reps.loc[1000, "message"] and "interleaved" not in reps.loc[10, "message"]
+    assert "in turns" not in copy.loc[10, "message"] and copy["value"].gt(0).all()

@@ -22,6 +22,7 @@ from bench.timing import (
     quantile,
     summarize,
     time_cpu,
+    time_cpu_interleaved,
     time_cuda,
     timer_overhead,
 )
@@ -117,6 +118,27 @@ def test_first_call_is_timed_alone_and_warmup_runs():
     assert m.first_call_s >= 0.05
     assert m.stats.median < 0.01  # the compile never reaches the samples
     assert len(calls) == 1 + 3 + 4 * m.inner and m.stats.n == 4
+
+
+def test_interleaved_timer_samples_in_turns_and_times_each_like_alone():
+    order: list[str] = []
+
+    def tagged(name: str, seconds: float):
+        spin = _busy_wait(seconds)
+
+        def fn() -> None:
+            order.append(name)
+            spin()
+        return fn
+
+    budget = TimerBudget(warmup=2, warmup_s=10.0, min_reps=6, max_reps=6, min_sample_s=0.0)
+    slow, fast = time_cpu_interleaved([tagged("slow", 2e-3), tagged("fast", 0.5e-3)], budget)
+    # first calls, then each one's warm-up, then strict turns: slow, fast, slow, fast, ...
+    assert order[:2] == ["slow", "fast"] and order[2:4] == ["slow"] * 2 and order[4:6] == ["fast"] * 2
+    assert order[6:] == ["slow", "fast"] * 6 and slow.stats.n == fast.stats.n == 6
+    for m, target in ((slow, 2e-3), (fast, 0.5e-3)):  # busy-waits: never below the target, p20 near it
+        assert m.stats.min >= target * 0.999 and m.stats.p20 <= target * 1.25, m.stats
+        assert m.timer == "perf_counter, interleaved" and m.first_call_s >= target
 
 
 def test_harness_overhead_is_small():
