@@ -32,8 +32,8 @@ device, timed the same way just before the unit (the same cache regime: a 10 KB 
 in cache, a 512 MB one with a copy from DRAM). On CUDA that is ``dst.copy_(src)``; on CPU the better of
 ``copy_`` and a streaming copy (:meth:`_Sweep.copies` says why). CPU units whose input streams from DRAM
 (``cpu_interleave_bytes`` of the preset, 32 MiB) time the variant and the copies in turns instead, one call
-of each per round, so the ratio does not ride on the host's bandwidth drift (two sweeps a minute apart put
-`native` at 69% and 94% of a roofline measured before it; in turns, 91-97% over three sweeps).
+of each per round, so the ratio does not ride on the host's bandwidth drift (sweeps minutes apart put
+`native` at 62-98% of a 4096x4096 roofline measured before it; in turns, 94-97% over three sweeps).
 ``speedup_vs_torch`` is the `torch` variant's median over this one, both measured in this run.
 
 Two CPU settings decide what the numbers mean (both are recorded in run.json under "throughput"):
