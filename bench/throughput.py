@@ -373,7 +373,6 @@ class _Sweep:
         gbps = [nbytes / m.stats.median / 1e9 for m in ms[1:]]
         best, message = self.best_copy([name for name, _ in calls], gbps, note,
                                        ", each sampled in turns with the variant")
-        del calls
         return ms[0], (best, "ok", message)
 
     def baseline_median(self, u: Unit) -> float | None:

@@ -110,31 +110,7 @@ class Measurement:
 
 def time_cpu(fn: Callable[[], object], budget: TimerBudget = TimerBudget()) -> Measurement:
     """Time `fn` on the CPU with time.perf_counter: first call, warm-up, samples until the budget is spent."""
-    clock = time.perf_counter
-    t0 = clock()
-    fn()
-    first = clock() - t0
-    # The fastest warm-up call estimates the per-call time, which decides how many calls make one sample.
-    estimate = min(_warm_up(fn, budget, clock), default=first)
-    inner = 1
-    if estimate < budget.min_sample_s:
-        inner = min(budget.max_inner, max(1, math.ceil(budget.min_sample_s / max(estimate, 1e-9))))
-
-    samples: list[float] = []
-    deadline = clock() + budget.budget_s
-    while len(samples) < budget.max_reps and (len(samples) < budget.min_reps or clock() < deadline):
-        if inner == 1:
-            t0 = clock()
-            fn()
-            samples.append(clock() - t0)
-        else:
-            loop = range(inner)  # built outside the timed region
-            t0 = clock()
-            for _ in loop:
-                fn()
-            samples.append((clock() - t0) / inner)
-    return Measurement(summarize(samples, budget.spread_limit), samples, inner, first,
-                       torch.get_num_threads(), "perf_counter")
+    return time_cpu_interleaved([fn], budget)[0]
 
 
 def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimerBudget = TimerBudget()
@@ -154,6 +130,7 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimerBudge
         t0 = clock()
         fn()
         firsts.append(clock() - t0)
+    # The fastest warm-up call estimates the per-call time, which decides how many calls make one sample.
     estimates = [min(_warm_up(fn, budget, clock), default=first) for fn, first in zip(fns, firsts, strict=True)]
     inners = [1 if est >= budget.min_sample_s
               else min(budget.max_inner, max(1, math.ceil(budget.min_sample_s / max(est, 1e-9))))
@@ -162,13 +139,19 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimerBudge
     deadline = clock() + budget.budget_s * len(fns)
     while len(samples[0]) < budget.max_reps and (len(samples[0]) < budget.min_reps or clock() < deadline):
         for fn, inner, out in zip(fns, inners, samples, strict=True):
-            loop = range(inner)
-            t0 = clock()
-            for _ in loop:
+            if inner == 1:
+                t0 = clock()
                 fn()
-            out.append((clock() - t0) / inner)
+                out.append(clock() - t0)
+            else:
+                loop = range(inner)  # built outside the timed region
+                t0 = clock()
+                for _ in loop:
+                    fn()
+                out.append((clock() - t0) / inner)
     threads = torch.get_num_threads()
-    return [Measurement(summarize(xs, budget.spread_limit), xs, inner, first, threads, "perf_counter, interleaved")
+    timer = "perf_counter" if len(fns) == 1 else "perf_counter, interleaved"
+    return [Measurement(summarize(xs, budget.spread_limit), xs, inner, first, threads, timer)
             for xs, inner, first in zip(samples, inners, firsts, strict=True)]
 
 
