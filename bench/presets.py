@@ -114,6 +114,9 @@ class ThroughputPreset:
     cpu_interleave_bytes: int = 32 * 2**20
 
 
+# The builtin every variant's speed is compared against (speedup_vs_torch, the report, the targets).
+BASELINE = "torch"
+
 _TP_OPS = THROUGHPUT_OPS
 _TP_CHAPTER = ((256, 10), (60000, 10))  # the chapter's minibatch and whole training set, 10 classes
 _TP_NARROW = (65536, 10)  # the narrow-row figure: 10 classes, a power-of-two batch

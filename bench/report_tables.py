@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench import UserError
+from bench.presets import BASELINE
 from bench.results import TABLES, Run, columns
 
 # Columns every merged table gets in front, so rows from several machines keep where they came from.
@@ -33,7 +34,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "training": (("training", "predictions"), "softmax-bench train --resume RUN"),
 }
 TP_KEY = ["run", "host", "device_name", "device", "variant", "dtype", "op", "rows", "cols"]
-REFERENCE = "torch"  # the builtin every variant's speed is compared against
+REFERENCE = BASELINE  # the builtin every variant's speed is compared against
 
 
 @dataclass

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from bench.presets import THROUGHPUT_OPS, THROUGHPUT_TARGETS, ThroughputTarget
+from bench.presets import BASELINE, THROUGHPUT_OPS, THROUGHPUT_TARGETS, ThroughputTarget
 
-BASELINE = "torch"
 POINT = ["device", "op", "dtype", "rows", "cols"]
 
 

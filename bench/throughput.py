@@ -67,6 +67,7 @@ from bench import UserError
 from bench.devices import DTYPES, dtype_name, dtype_skip_reason
 from bench.harness import add_common_arguments, classify_failure, device_from, open_run, select_variants
 from bench.presets import (
+    BASELINE,
     THROUGHPUT_OPS,
     THROUGHPUT_PRESETS,
     SweepBlock,
@@ -89,7 +90,6 @@ from bench.timing import (
 from softmax_impls import Variant
 
 TABLE = "throughput"
-BASELINE = "torch"  # every row's speedup is against this variant
 UNIT_KEY = ("variant", "device", "dtype", "op", "rows", "cols")
 ROW_KEY = (*UNIT_KEY, "metric")
 TARGET_BYTES = 8  # int64 class indices
