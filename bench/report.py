@@ -202,21 +202,20 @@ def build(bundle: T.Bundle, out: Path) -> Doc:
         if formulas:
             doc.p("Bytes each op must move (effective bandwidth = these bytes / median time):")
             doc.ul(formulas)
+        rfo = ("every destination line is first read from DRAM (read-for-ownership) and a copy credited with 2B "
+               "bytes moves about 3B")
+        same_size = "Small tensors are compared with a copy of the same size, so both sit in cache."
         if T.cpu_roofline_has_streaming_copy(bundle):
             doc.p("The roofline is the fastest copy of one input-sized buffer. On CUDA that is `dst.copy_(src)`. "
                   "On a CPU it is the better of `copy_` and a streaming copy (non-temporal stores, built with the "
-                  "`native` kernels): PyTorch's `copy_` stores through the cache, so every destination line is "
-                  "first read from DRAM (read-for-ownership) and a copy credited with 2B bytes moves about 3B; "
-                  "streaming stores skip that read. Each row's message in data/throughput.csv.gz gives both "
-                  "copies. Small tensors are compared with a copy of the same size, so both sit in cache.")
+                  f"`native` kernels): PyTorch's `copy_` stores through the cache, so {rfo}; streaming stores "
+                  "skip that read. Each row's message in data/throughput.csv.gz gives both copies. " + same_size)
         else:
             doc.p("The roofline is `dst.copy_(src)` of one input-sized buffer as PyTorch runs it. On a CPU its "
-                  "stores go through the cache, so every destination line is first read from DRAM "
-                  "(read-for-ownership): a copy credited with 2B bytes moves about 3B. A kernel that writes with "
-                  "streaming (non-temporal) stores skips that read and can pass 100% of this roofline at "
-                  "DRAM-sized tensors, by up to 1.5×; such a figure means 'beats PyTorch's own copy', not 'beats "
-                  "the memory system'. Small tensors are compared with a copy of the same size, so both sit in "
-                  "cache.")
+                  f"stores go through the cache, so {rfo}. A kernel that writes with streaming (non-temporal) "
+                  "stores skips that read and can pass 100% of this roofline at DRAM-sized tensors, by up to "
+                  "1.5×; such a figure means 'beats PyTorch's own copy', not 'beats the memory system'. "
+                  + same_size)
         for dev in sorted(set(wide["device_name"])) if not wide.empty else []:
             slug = _slug(dev)
             doc.h3(f"{dev}")
