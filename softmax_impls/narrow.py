@@ -63,9 +63,11 @@ SAFE_TOP = 20.0
 LOG2E = 1.4426950408889634  # exp(t) = 2^(t·log2 e)
 
 
-def _shared_shift(x: Tensor) -> Tensor | None:
-    """The one shift every row can use (a 0-d tensor, 0 when none is needed), or None when the narrow path is
-    unsafe for x."""
+def narrow_shift(x: Tensor) -> Tensor | None:
+    """The one shift every row of x (float32, contiguous [M, C]) can use, a 0-d tensor (0 when none is
+    needed); None when x needs the general path."""
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] > MAX_COLS or x.numel() == 0:
+        return None
     lo, hi = torch.aminmax(x)
     lo_v, hi_v = lo.item(), hi.item()  # nan and +-inf fail the comparisons below
     if not (hi_v - lo_v <= SPAN):
@@ -73,13 +75,6 @@ def _shared_shift(x: Tensor) -> Tensor | None:
     if hi_v <= SAFE_TOP and lo_v >= SAFE_TOP - SPAN:
         return torch.zeros((), dtype=x.dtype, device=x.device)
     return hi
-
-
-def narrow_shift(x: Tensor) -> Tensor | None:
-    """The shared shift for x (float32, contiguous [M, C]), or None when x needs the general path."""
-    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] > MAX_COLS or x.numel() == 0:
-        return None
-    return _shared_shift(x)
 
 
 # --- the narrow path's math: plain PyTorch, run compiled where torch.compile works, else eagerly ----------
