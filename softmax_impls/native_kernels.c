@@ -861,7 +861,8 @@ void native_stream_copy(const void *src, void *dst, int64_t bytes, int threads) 
 #pragma omp parallel num_threads(threads)
         {
             int id = omp_get_thread_num(), k = omp_get_num_threads();
-            /* cache-line aligned split points, so no two threads write one line */
+            /* split at multiples of 64 bytes from the start: for 64-byte aligned buffers (torch's), no two
+               threads write one cache line */
             int64_t a = (bytes * id / k) & ~(int64_t)63, b = id == k - 1 ? bytes : (bytes * (id + 1) / k) & ~(int64_t)63;
             stream_part(s + a, d + a, b - a);
         }
