@@ -52,6 +52,24 @@ class ThroughputRow:
 
 
 @dataclass
+class SampleRow:
+    """One raw per-call time of a throughput unit (at most MAX_SAMPLES per unit, evenly spaced in time order),
+    kept so `compare` can test a shift on samples instead of on two medians."""
+
+    variant: str
+    device: str
+    dtype: str
+    op: str
+    rows: int
+    cols: int
+    index: int  # position among the kept samples, in the order they were taken
+    seconds: float
+
+
+MAX_SAMPLES = 64
+
+
+@dataclass
 class StabilityRow:
     variant: str
     device: str
@@ -110,12 +128,27 @@ class PredictionRow:
 
 TABLES: dict[str, type] = {
     "throughput": ThroughputRow,
+    "samples": SampleRow,
     "stability": StabilityRow,
     "thresholds": ThresholdRow,
     "training": TrainingRow,
     "predictions": PredictionRow,
 }
 TABLE_OF = {cls: name for name, cls in TABLES.items()}
+
+# What identifies one measured value in each table. A table may hold a key twice after a run was cut
+# mid-write and resumed; the reader keeps only the latest measurement (:func:`latest_measurements`).
+UNIT_KEYS: dict[str, tuple[str, ...]] = {
+    "throughput": ("variant", "device", "dtype", "op", "rows", "cols"),
+    "samples": ("variant", "device", "dtype", "op", "rows", "cols"),
+    "stability": ("variant", "device", "dtype", "op", "family", "param", "n", "metric"),
+    "thresholds": ("variant", "device", "dtype", "op", "kind"),
+    "training": ("variant", "regime", "device", "dtype", "seed", "epoch", "metric"),
+    "predictions": ("variant", "regime", "device", "dtype", "seed", "index"),
+}
+# Tables whose unit is a block of rows written together, and the row that opens a block: a block cut short
+# and measured again must not mix with its second measurement, so only each unit's last block counts.
+BLOCK_START: dict[str, tuple[str, object]] = {"throughput": ("metric", "median_s"), "samples": ("index", 0)}
 
 
 def columns(table: str) -> list[str]:
@@ -328,5 +361,25 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
             df[f.name] = pd.to_numeric(df[f.name], errors="coerce").astype("Int64")
         elif kind.startswith("float"):
             df[f.name] = pd.to_numeric(df[f.name], errors="coerce")
+    df = latest_measurements(table, df)
     df.attrs["problems"] = problems
     return df
+
+
+def latest_measurements(table: str, df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each unit's latest measurement only (file order is time order).
+
+    Throughput and samples: a unit's rows from its last block start on (a unit cut mid-write and measured
+    again on --resume is never a mix of two measurements). Other tables: the last row of each key.
+    """
+    if df.empty or table not in UNIT_KEYS:
+        return df
+    key = list(UNIT_KEYS[table])
+    if table in BLOCK_START:
+        column, first = BLOCK_START[table]
+        starts = (df[column].astype(str) == str(first)).astype(int)
+        block = starts.groupby([df[k].astype(str) for k in key]).cumsum()
+        last = block.groupby([df[k].astype(str) for k in key]).transform("max")
+        return df[block == last].reset_index(drop=True)
+    marks = df[key].astype(str)
+    return df[~marks.duplicated(keep="last")].reset_index(drop=True)

@@ -77,7 +77,7 @@ from bench.presets import (
     pick,
 )
 from bench.progress import each, log
-from bench.results import Run, ThroughputRow
+from bench.results import MAX_SAMPLES, Run, SampleRow, ThroughputRow
 from bench.targets import target_lines
 from bench.timing import (
     Measurement,
@@ -290,9 +290,11 @@ class _Sweep:
         if not have:
             return set(expected_metrics(u.repeat))
         if have.get("median_s", "ok") != "ok":
-            return None  # a one-row unit: skipped, oom or error
-        lacking = set(expected_metrics(u.repeat)) - set(have)
-        return lacking or None
+            return None  # a one-row unit: skipped, oom, error, wrong or timeout
+        if set(expected_metrics(u.repeat)) - set(have):
+            # cut mid-write: measured again whole; the reader keeps only this unit's latest block of rows
+            return set(expected_metrics(u.repeat))
+        return None
 
     # -- rows
     def row(self, u: Unit, metric: str, value: float | None, unit: str, status: str = "ok",
@@ -479,7 +481,15 @@ class _Sweep:
             diff = abs(again.stats.median - s.median) / s.median
             rows += [self.row(u, "repeat_median_s", again.stats.median, "s"),
                      self.row(u, "repeat_diff_frac", diff, "ratio")]
-        return rows
+        return rows + self.sample_rows(u, m.samples)
+
+    def sample_rows(self, u: Unit, samples: Sequence[float]) -> list[SampleRow]:
+        """At most MAX_SAMPLES of the unit's per-call times, evenly spaced in the order they were taken (a
+        drift within the unit stays visible), for compare's rank test."""
+        n = len(samples)
+        picks = range(n) if n <= MAX_SAMPLES else [round(i * (n - 1) / (MAX_SAMPLES - 1)) for i in range(MAX_SAMPLES)]
+        return [SampleRow(u.variant, self.dev, u.dtype, u.op, u.rows, u.cols, k, float(samples[i]))
+                for k, i in enumerate(picks)]
 
 
 def busy_cores_of_other_jobs(window_s: float = 0.5) -> float | None:
@@ -578,10 +588,8 @@ def _sweep(run: Run, variants: Sequence[Variant], device: torch.device, preset: 
     written: list[ThroughputRow] = []
     for u, missing in each(todo, desc="throughput", describe=lambda item: item[0].label()):
         rows = sweep.measure(u)
-        if len(missing) < len(expected_metrics(u.repeat)):
-            rows = [r for r in rows if r.metric in missing]  # completing a unit cut mid-write: no duplicates
         run.append(*rows)
-        written += rows
+        written += [r for r in rows if isinstance(r, ThroughputRow)]
         # No gc.collect() per unit: with torch loaded it costs ~0.4 s here, and refcounting already frees
         # each unit's tensors when measure() returns (classify_failure collects after an OOM).
     if summary:

@@ -29,3 +29,7 @@ def devices_under_test() -> list[torch.device]:
 @pytest.fixture(params=devices_under_test(), ids=str)
 def device(request: pytest.FixtureRequest) -> torch.device:
     return request.param
+
+
+# Misbehaving plugins (a real installed distribution): `def test_x(misbehaving): ...`
+from plugin_fixtures import misbehaving  # noqa: E402,F401
