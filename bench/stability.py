@@ -49,11 +49,20 @@ import torch
 from bench import UserError
 from bench.devices import dtype_name, parse_dtype, supported_dtypes
 from bench.families import FAMILIES, Batch, Family, Limits, limits, round_to
-from bench.harness import add_common_arguments, classify_failure, device_from, open_run, select_variants
-from bench.presets import STABILITY_PRESETS, StabilityPreset, pick
+from bench.harness import (
+    add_common_arguments,
+    chosen_variants,
+    classify_failure,
+    device_from,
+    open_run,
+    select_variants,
+    timeout_from,
+)
+from bench.presets import STABILITY_PRESETS, STABILITY_TIMEOUT_S, StabilityPreset, pick
 from bench.progress import bar, interactive, log
 from bench.reference import Reference, reference
 from bench.results import Run, StabilityRow, ThresholdRow, key_of
+from bench.sandbox import InputGuard, UnitTimeout, contained, deadline
 from softmax_impls import Variant
 
 OPS = ("softmax", "log_softmax", "cross_entropy", "ce_grad")
@@ -173,16 +182,34 @@ def compare(op: str, out: np.ndarray, ref: Reference, target: np.ndarray, lim: L
 
 
 def measure(variant: Variant, op: str, batch: Batch, ref: Reference, dtype: torch.dtype,
-            device: torch.device) -> OpResult:
-    """Run one op of `variant` on the batch and judge it; an exception becomes an error/oom result."""
+            device: torch.device, timeout: float | None = STABILITY_TIMEOUT_S) -> OpResult:
+    """Run one op of `variant` on the batch and judge it; an exception becomes an error/oom result, a call
+    past `timeout` seconds a timeout result."""
     lim = limits(dtype)
     try:
-        x = torch.from_numpy(batch.x).to(device=device, dtype=dtype)
-        t = torch.from_numpy(batch.target).to(device)
+        with deadline(timeout, f"{variant.name} {op} call"):
+            return _measure(variant, op, batch, ref, dtype, device, lim)
+    except UnitTimeout as exc:
+        return OpResult(op, {}, False, "timeout", str(exc))
+
+
+def _measure(variant: Variant, op: str, batch: Batch, ref: Reference, dtype: torch.dtype, device: torch.device,
+             lim: Limits) -> OpResult:
+    try:
+        # Copies the variant owns: on CPU in float64, from_numpy(...).to() would hand over the batch's own
+        # memory, and a variant writing into it would change every later variant's input.
+        x = torch.from_numpy(batch.x).to(device=device, dtype=dtype, copy=True)
+        t = torch.from_numpy(batch.target).to(device, copy=True)
+        guard = InputGuard({"x": x, "target": t})
         out = _evaluate(variant, op, x, t)
-    except Exception as exc:  # a crashing variant is a row, never the end of the sweep
+        mutated = guard.changed()
+    except BaseException as exc:  # a crashing (even sys.exit-ing) variant is a row, never the end of the sweep
+        if not contained(exc) or isinstance(exc, UnitTimeout):
+            raise
         status, message = classify_failure(exc)
         return OpResult(op, {}, False, status, message)
+    if mutated:
+        return OpResult(op, {}, False, "error", mutated)
     return compare(op, out, ref, batch.target, lim, variant.contract.ordinary_tolerance_ulps)
 
 
@@ -271,7 +298,8 @@ def study_dtypes(device: torch.device, requested: Iterable[str] | None = None) -
 
 
 def stability_into(run: Run, variants: list[Variant], device: torch.device, preset: StabilityPreset,
-                   dtypes: Iterable[str] | None = None, families: Iterable[str] | None = None) -> list[SummaryLine]:
+                   dtypes: Iterable[str] | None = None, families: Iterable[str] | None = None,
+                   timeout: float | None = None) -> list[SummaryLine]:
     """The whole study into an open run folder: stability.csv, then thresholds.csv; returns the summary.
 
     Rows are appended as measured; what the run folder already holds (--resume) is not measured again.
@@ -304,7 +332,8 @@ def stability_into(run: Run, variants: list[Variant], device: torch.device, pres
 
     all_cases = cases(preset, chosen_dtypes, fams)
     with single_thread():
-        _measure_cases(run, all_cases, active, device, preset, todo)
+        _measure_cases(run, all_cases, active, device, preset, todo,
+                       STABILITY_TIMEOUT_S if timeout is None else timeout)
         if preset.thresholds:
             thresholds_into(run, [v for d in chosen_dtypes for v in active[d]], device, chosen_dtypes, active)
     return summarize(run, [v.name for v in variants], dev, [dtype_name(d) for d in chosen_dtypes])
@@ -323,7 +352,8 @@ def _progress(items: list, desc: str, describe: Callable[..., str]) -> Iterator:
 
 
 def _measure_cases(run: Run, all_cases: list[Case], active: dict[torch.dtype, list[Variant]],
-                   device: torch.device, preset: StabilityPreset, todo: Callable[[Variant, Case], bool]) -> None:
+                   device: torch.device, preset: StabilityPreset, todo: Callable[[Variant, Case], bool],
+                   timeout: float) -> None:
     for case in _progress(all_cases, "stability", Case.describe):
         pending = [v for v in active[case.dtype] if todo(v, case)]
         if not pending:
@@ -332,7 +362,8 @@ def _measure_cases(run: Run, all_cases: list[Case], active: dict[torch.dtype, li
         ref = reference(batch.x, batch.target)
         rows: list[StabilityRow] = []
         for v in pending:
-            rows += _rows_of(v, device, case, [measure(v, op, batch, ref, case.dtype, device) for op in ops_of(v)])
+            rows += _rows_of(v, device, case, [measure(v, op, batch, ref, case.dtype, device, timeout)
+                                               for op in ops_of(v)])
         run.append(*rows)
 
 
@@ -422,7 +453,9 @@ def thresholds_into(run: Run, variants: list[Variant], device: torch.device, dty
         try:
             value, message = threshold(v, op, kind, dtype, device, refs)
             row = ThresholdRow(v.name, dev, dtype_name(dtype), op, kind, value, PROBES[kind], "ok", message)
-        except Exception as exc:
+        except BaseException as exc:
+            if not contained(exc):
+                raise
             status, message = classify_failure(exc)
             row = ThresholdRow(v.name, dev, dtype_name(dtype), op, kind, None, PROBES[kind], status, message)
         run.append(row)
@@ -503,7 +536,8 @@ def contract_problems(variant: Variant) -> list[CheckLine]:
 
 
 def check_variants(variants: list[Variant], device: torch.device, preset: StabilityPreset,
-                   dtypes: Iterable[str] | None = None, progress: bool = True) -> dict[str, list[CheckLine]]:
+                   dtypes: Iterable[str] | None = None, progress: bool = True,
+                   timeout: float | None = None) -> dict[str, list[CheckLine]]:
     """Every variant against its contract, case by case (each reference computed once for all variants).
 
     A (family, dtype) is measured `fail` when any of its cases and ops fails; the contract expects `fail`
@@ -526,7 +560,8 @@ def check_variants(variants: list[Variant], device: torch.device, preset: Stabil
             for v in todo:
                 key = (v.name, case.family.name, dtype_name(case.dtype))
                 for op in ops_of(v):
-                    r = measure(v, op, batch, ref, case.dtype, device)
+                    r = measure(v, op, batch, ref, case.dtype, device,
+                                STABILITY_TIMEOUT_S if timeout is None else timeout)
                     if not r.passed and key not in failures:
                         failures[key] = f"{op} param={case.param:g} n={case.n}: {r.message or r.status}"
     out: dict[str, list[CheckLine]] = {}
@@ -594,13 +629,14 @@ def add_arguments_stability(parser: argparse.ArgumentParser) -> None:
 
 def run_stability(args: argparse.Namespace) -> int:
     preset = pick("stability preset", STABILITY_PRESETS, args.preset or ("quick" if args.quick else "default"))
-    variants = select_variants(args.variant)
+    variants = chosen_variants(args)
+    timeout = timeout_from(args)
     device = device_from(args)
     study_dtypes(device, args.dtype)  # reject a bad --dtype before a run folder is created
     _check_names(args.family, FAMILIES, "family")
     run = open_run(args, preset)
     log(f"stability: {len(variants)} variant(s) on {device}, preset {preset.name!r}, into {run.path}")
-    lines = stability_into(run, variants, device, preset, args.dtype, args.family)
+    lines = stability_into(run, variants, device, preset, args.dtype, args.family, timeout)
     print(format_summary(lines))
     print(f"rows: {run.csv_path('stability')} and {run.csv_path('thresholds')}")
     return 0
@@ -613,13 +649,16 @@ def add_arguments_check(parser: argparse.ArgumentParser) -> None:
                         help="check only these dtypes (repeatable); default: all the device supports")
     parser.add_argument("--preset", choices=list(STABILITY_PRESETS), default="check",
                         help="stability preset (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help=f"time limit per call of the variant; past it the case fails as a timeout "
+                             f"(default: {STABILITY_TIMEOUT_S:g}; 0: none)")
 
 
 def run_check(args: argparse.Namespace) -> int:
     variant = select_variants([args.variant])[0]
     device = device_from(args)
     preset = pick("stability preset", STABILITY_PRESETS, args.preset)
-    lines = check_variants([variant], device, preset, args.dtype)[variant.name]
+    lines = check_variants([variant], device, preset, args.dtype, timeout=timeout_from(args))[variant.name]
     print(f"{variant.name} on {device} against its contract (preset {preset.name!r}, tolerance "
           f"{variant.contract.ordinary_tolerance_ulps:g} u):")
     print(format_check(lines))

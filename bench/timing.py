@@ -346,3 +346,11 @@ def keep_freed_memory() -> str:
     m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
     ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
     return "glibc, freed memory kept (mmap off, trim off)" if ok else "glibc defaults (mallopt refused)"
+
+
+def release_kept_memory() -> None:
+    """Give the freed memory glibc keeps (keep_freed_memory) back to the OS: before a unit that would not fit
+    otherwise, so what earlier units freed never counts against the next one."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
