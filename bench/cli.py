@@ -8,18 +8,25 @@
     softmax-bench report RUN [RUN ...]       render run folders into reports/NAME/
     softmax-bench compare BASE NEW           regression gate between two runs
     softmax-bench all [--quick]              the whole study into one run folder, then its report
+    softmax-bench recover RUN [--add FILE]   rebuild a lost run.json; put back rows a full disk refused
 
 Each study command lives in its own module, which provides ``add_arguments_<cmd>(parser)`` and
 ``run_<cmd>(args) -> int``; this file only wires them. A UserError anywhere becomes one clear paragraph
-on stderr and exit status 2.
+on stderr and exit status 2. Ctrl-C (exit 130) and SIGTERM (exit 143) stop a study the same way: every row
+written so far stays in the run folder, and the message says how to complete it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import os
+import signal
 import sys
 import textwrap
+from collections.abc import Iterator
 
 from bench import UserError
 from softmax_impls import UnknownVariantError
@@ -32,8 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stability": ("bench.stability", "overflow/underflow/accuracy against a high-precision reference"),
     "check": ("bench.stability", "check one variant against its stability contract; non-zero on breach"),
     "report": ("bench.report", "render run folders into a report under reports/"),
-    "compare": ("bench.report", "compare two runs; non-zero on a regression"),
+    "compare": ("bench.compare", "compare two runs; non-zero on a regression"),
     "all": ("bench.study", "run the whole study into one run folder and render its report"),
+    "recover": ("bench.cli", "rebuild a lost or damaged run.json from a run's tables; put back rows a full "
+                             "disk refused"),
 }
 
 
@@ -49,6 +58,24 @@ def run_list(args: argparse.Namespace) -> int:
     broken = softmax_impls.broken()
     for plugin in broken.values():
         print(f"{plugin.name:16s} BROKEN    {plugin.target}: {plugin.error}")
+    for conflict in softmax_impls.conflicts().values():
+        label = "REJECTED" if conflict.kept is not None else "CONFLICT"
+        print(f"{conflict.name:16s} {label:9s} {conflict.describe()}")
+    return 0
+
+
+def add_arguments_recover(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="the run folder (results/<UTC timestamp>-<host>/)")
+    parser.add_argument("--add", action="append", default=[], metavar="FILE",
+                        help="a file of rows a failed write saved elsewhere (the error names it); repeatable")
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    """Rebuild run.json from the tables when it is lost, damaged or incomplete, and append --add files."""
+    from bench.results import recover
+
+    for line in recover(args.run, args.add):
+        print(line)
     return 0
 
 
@@ -77,7 +104,54 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a job scheduler, a CI timeout): unwinds like Ctrl-C, so every study keeps what it wrote
+    and no handler meant for a variant's errors mistakes it for one."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from an app's worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# OSErrors that come from the machine (full disk, permissions), not from a bug: one paragraph, no traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _sigterm_unwinds():
+        try:
+            return _dispatch(argv)
+        except (UserError, UnknownVariantError) as exc:
+            return fail(str(exc))
+        except KeyboardInterrupt as exc:
+            how, code = ("stopped by SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+            return fail(f"{how}; every row measured so far is saved in the run folder (use --resume RUN).", code)
+        except BrokenPipeError:  # `softmax-bench list | head`: the reader left; nothing to say
+            with contextlib.suppress(OSError, ValueError):  # so the exit's flush does not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise  # a genuine bug stays visible
+            where = f" ({exc.filename})" if exc.filename else ""
+            return fail(f"{exc.strerror or exc}{where}. Free space or fix the permissions, then run the command "
+                        f"again; a study keeps every row it wrote (complete it with --resume RUN).")
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -86,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     module = modules[args.command]
     if isinstance(module, Exception):
         return fail(f"the '{args.command}' command is not available in this installation: {module}")
-    try:
-        return int(getattr(module, f"run_{args.command}")(args) or 0)
-    except (UserError, UnknownVariantError) as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:
-        return fail("interrupted; every row measured so far is saved in the run folder (use --resume RUN).", 130)
+    return int(getattr(module, f"run_{args.command}")(args) or 0)
 
 
 if __name__ == "__main__":

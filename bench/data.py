@@ -14,8 +14,14 @@ Where it looks, in order (each file gzipped or not):
 4. torchvision's download into ``./data`` (needs the network)
 
 Every file is checked: the IDX magic number (2051 images, 2049 labels), the counts (60000 train, 10000
-test), 28x28 images, labels 0-9, and a file length that matches its header. A location whose files fail
-the checks is passed over with a warning. The decoded tensors are cached in ``data/cache/`` of the source
+test), 28x28 images, labels 0-9, and a file length that matches its header. The header is read from the
+first bytes of the (decompressed) stream and no more than the size it promises is ever read, so a .gz
+that inflates to gigabytes costs no more memory than the real file. A location whose files fail the
+checks is passed over with a warning; so is a set $FASHION_MNIST_DIR that is empty, missing or invalid
+(one line naming the copy used instead). ``describe(ds)`` names the copy (folder, sha256 of each file);
+training records it in run.json.
+
+The decoded tensors are cached in ``data/cache/`` of the source
 checkout (``~/.cache/softmax-bench`` for an installed copy) and read
 back with ``torch.load(weights_only=True)`` (a few hundred ms instead of seconds of gunzip); the cache is
 keyed by the source files' paths, sizes and mtimes, so a changed file invalidates it. Nothing found gives
@@ -25,6 +31,7 @@ one :class:`~bench.UserError` paragraph naming every place searched and how to g
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import sys
@@ -32,10 +39,14 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
 from bench import UserError
+
+if TYPE_CHECKING:
+    from bench.results import Run
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 LOCAL_RAW_DIR = Path("data/FashionMNIST/raw")
@@ -113,38 +124,56 @@ def find_files(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def _read_bytes(path: Path) -> bytes:
+# What to do about a damaged file, at the end of every DataError.
+REPLACE = "replace it with an intact copy of that Fashion-MNIST file"
+
+
+def _read_exactly(f: BinaryIO, path: Path, n: int) -> bytes:
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        return f.read(n)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut .gz gives EOFError
-        raise DataError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path} cannot be read ({type(exc).__name__}: {exc}); {REPLACE}") from None
+
+
+def _read_bounded(path: Path, magic: int, count: int) -> tuple[list[int], bytes]:
+    """The IDX header's dims and the body, read as a stream: the header is checked from the first bytes, and
+    no more than the header's promised body (plus one byte, to notice a longer file) is ever decompressed,
+    so a gzip bomb costs at most the real file's size in memory, never what it inflates to."""
+    ndim = 3 if magic == IMAGE_MAGIC else 1
+    kind = "images" if magic == IMAGE_MAGIC else "labels"
+    header_len = 4 + 4 * ndim
+    try:
+        f: BinaryIO = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({type(exc).__name__}: {exc}); {REPLACE}") from None
+    with f:
+        head = _read_exactly(f, path, header_len)
+        if len(head) < header_len:
+            raise DataError(f"{path} is {len(head)} bytes long, too short for an IDX {kind} header; {REPLACE}")
+        found_magic, *dims = struct.unpack(f">{1 + ndim}I", head)
+        if found_magic != magic:
+            raise DataError(f"{path} has magic number {found_magic}, but an IDX {kind} file starts with {magic}: "
+                            f"it is not the Fashion-MNIST {kind} file; {REPLACE}")
+        expected_dims = [count, ROWS, COLS] if ndim == 3 else [count]
+        if dims != expected_dims:
+            raise DataError(f"{path} holds {kind} of shape {dims}, but Fashion-MNIST has {expected_dims}; {REPLACE}")
+        need = count * (ROWS * COLS if ndim == 3 else 1)
+        body = _read_exactly(f, path, need + 1)
+    if len(body) != need:
+        what = "truncated" if len(body) < need else "longer than that: padded, or not Fashion-MNIST"
+        size = f"{len(body)} bytes" if len(body) <= need else "more bytes"
+        raise DataError(f"{path} has {size} of {kind} after its header, but its header promises {need} "
+                        f"(the file is {what}); {REPLACE}")
+    return expected_dims, body
 
 
 def read_idx(path: Path, magic: int, count: int) -> torch.Tensor:
     """One IDX file as a uint8 tensor ([count, 28, 28] for images, [count] for labels), fully validated."""
-    raw = _read_bytes(path)
-    ndim = 3 if magic == IMAGE_MAGIC else 1
-    kind = "images" if magic == IMAGE_MAGIC else "labels"
-    header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise DataError(f"{path} is {len(raw)} bytes long, too short for an IDX {kind} header")
-    found_magic, *dims = struct.unpack(f">{1 + ndim}I", raw[:header_len])
-    if found_magic != magic:
-        raise DataError(f"{path} has magic number {found_magic}, but an IDX {kind} file starts with {magic}")
-    expected_dims = [count, ROWS, COLS] if ndim == 3 else [count]
-    if dims != expected_dims:
-        raise DataError(f"{path} holds {kind} of shape {dims}, but Fashion-MNIST has {expected_dims}")
-    body = len(raw) - header_len
-    need = count * (ROWS * COLS if ndim == 3 else 1)
-    if body != need:
-        raise DataError(f"{path} has {body} bytes of {kind} after its header, but its header promises {need} "
-                        f"(the file is {'truncated' if body < need else 'padded'})")
-    tensor = torch.frombuffer(bytearray(raw[header_len:]), dtype=torch.uint8).reshape(expected_dims)
-    if ndim == 1 and int(tensor.max()) >= NUM_CLASSES:
-        raise DataError(f"{path} has label {int(tensor.max())}; Fashion-MNIST labels are 0-{NUM_CLASSES - 1}")
+    dims, body = _read_bounded(path, magic, count)
+    tensor = torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
+    if len(dims) == 1 and int(tensor.max()) >= NUM_CLASSES:
+        raise DataError(f"{path} has label {int(tensor.max())}; Fashion-MNIST labels are 0-{NUM_CLASSES - 1}; "
+                        f"{REPLACE}")
     return tensor
 
 
@@ -222,6 +251,67 @@ def _download(root: Path) -> str | None:
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
+def _why_incomplete(folder: Path) -> str:
+    if not folder.is_dir():
+        return "not found"
+    if not any(folder.iterdir()):
+        return "an empty folder"
+    present = sorted(p.name for p in folder.glob("*idx*-ubyte*"))
+    return f"incomplete (has {', '.join(present) or 'none of the files'})"
+
+
+def _warn_if_env_passed_over(found: FashionMNIST, problems: list[str]) -> None:
+    """$FASHION_MNIST_DIR set, yet another copy is used: one line on stderr naming both, so a study never
+    trains on another copy than the one asked for without saying so."""
+    env = os.environ.get("FASHION_MNIST_DIR")
+    if env is None:
+        return
+    if not env.strip():
+        why = "is set but empty"
+    else:
+        asked = Path(env).expanduser()
+        if found.source == asked:
+            return
+        why = next((p[len(f"{asked}: "):] for p in problems if p.startswith(f"{asked}: ")), "was not used")
+        why = f"({asked}): {why}"
+    print(f"softmax-bench: $FASHION_MNIST_DIR {why}; using the copy in {found.source} instead", file=sys.stderr)
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:  # 30 MB of gzip take ~0.1 s; a sweep that trains several times hashes once
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
+
+
+def describe(ds: FashionMNIST) -> dict[str, Any]:
+    """Which copy of Fashion-MNIST `ds` is, for run.json: the folder, each of the four files as stored (name and
+    sha256, gzipped or not), and how many images each split holds (a test may train on a subset)."""
+    files = find_files(Path(ds.source)) or {}
+    return {"folder": str(Path(ds.source).resolve()),
+            "files": {name: {"file": path.name, "sha256": _sha256(path)} for name, path in files.items()},
+            "train_images": int(ds.train_images.shape[0]), "test_images": int(ds.test_images.shape[0])}
+
+
+def record(run: Run, ds: FashionMNIST) -> None:
+    """Write :func:`describe` into the run's run.json under "dataset". A resumed run that trains on another
+    copy keeps the earlier description under "earlier_datasets": both copies trained rows of this run."""
+    desc = describe(ds)
+    previous = run.info.get("dataset")
+    if previous and previous != desc:
+        run.info.setdefault("earlier_datasets", []).append(previous)
+    run.info["dataset"] = desc
+    run.save_info()
+
+
 def load(search: list[Path] | None = None, download: bool = True, cache_dir: Path | None = CACHE_DIR,
          quiet: bool = False) -> FashionMNIST:
     """Fashion-MNIST from the first valid location (see the module docstring), cached after the first load.
@@ -235,9 +325,7 @@ def load(search: list[Path] | None = None, download: bool = True, cache_dir: Pat
     def attempt(folder: Path) -> FashionMNIST | None:
         files = find_files(folder)
         if files is None:
-            present = sorted(p.name for p in folder.glob("*idx*-ubyte*")) if folder.is_dir() else []
-            problems.append(f"{folder}: " + ("not found" if not folder.is_dir() else
-                                             f"incomplete (has {', '.join(present) or 'none of the files'})"))
+            problems.append(f"{folder}: {_why_incomplete(folder)}")
             return None
         key = _cache_key(files)
         cache = cache_dir / CACHE_NAME if cache_dir is not None else None
@@ -258,12 +346,16 @@ def load(search: list[Path] | None = None, download: bool = True, cache_dir: Pat
     for folder in folders:
         found = attempt(folder)
         if found is not None:
+            if search is None and not quiet:
+                _warn_if_env_passed_over(found, problems)
             return found
     if download:
         why = _download(DOWNLOAD_ROOT)
         if why is None:
             found = attempt(DOWNLOAD_ROOT / "FashionMNIST" / "raw")
             if found is not None:
+                if search is None and not quiet:
+                    _warn_if_env_passed_over(found, problems)
                 return found
         else:
             problems.append(f"torchvision download into {DOWNLOAD_ROOT}/: {why}")

@@ -40,6 +40,9 @@ def parse_device(spec: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device {spec!r}; use cpu, cuda or cuda:N.") from None
     if device.type == "cpu":
+        if device.index is not None:  # torch accepts 'cpu:1' but means the one CPU device: refuse the illusion
+            raise UserError(f"device {spec!r}: the CPU is one device in torch, without an index; use --device "
+                            f"cpu (it runs on every core the study's thread setting allows).")
         return device
     if device.type != "cuda":
         raise UserError(f"device {spec!r} is not supported; softmax-bench runs on cpu and cuda[:N].")

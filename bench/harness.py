@@ -28,10 +28,42 @@ def add_common_arguments(parser: argparse.ArgumentParser, device_default: str = 
                         help="complete this run folder: skip what it holds, append the rest")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR),
                         help="where new run folders are created (default: %(default)s)")
+    parser.add_argument("--exclude", action="append", metavar="NAME", default=[],
+                        help="leave this variant out (repeatable)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="time limit per measured unit; past it the unit is a `timeout` row and the study "
+                             "goes on (default: 300 on cpu, 120 on cuda; 0: none)")
+
+
+def chosen_variants(args: argparse.Namespace) -> list[Variant]:
+    """--variant (or every registered variant) without --exclude; an unknown name either way is a UserError."""
+    chosen = select_variants(args.variant)
+    excluded = list(dict.fromkeys(getattr(args, "exclude", None) or []))
+    known = set(softmax_impls.names()) | set(softmax_impls.broken()) | set(softmax_impls.conflicts())
+    unknown = [name for name in excluded if name not in known]
+    if unknown:
+        raise UserError(f"--exclude {', '.join(unknown)}: not a registered variant; registered variants: "
+                        f"{', '.join(softmax_impls.names())}.")
+    kept = [v for v in chosen if v.name not in excluded]
+    if not kept:
+        raise UserError("--exclude leaves no variant to measure; name fewer, or add --variant.")
+    return kept
+
+
+def timeout_from(args: argparse.Namespace) -> float | None:
+    """--timeout in seconds (None: the study's default per device); a negative value is a UserError."""
+    value = getattr(args, "timeout", None)
+    if value is not None and not value >= 0:
+        raise UserError(f"--timeout {value:g}: give a number of seconds (0 turns the limit off).")
+    return value
 
 
 def select_variants(requested: list[str] | None) -> list[Variant]:
     """The variants named (in order, each once), or every registered one; unknown names are a UserError."""
+    for conflict in softmax_impls.conflicts().values():  # a name two packages claim: never silently one
+        # (a conflicting name asked for by --variant is refused below, with the same explanation)
+        if not requested or (conflict.name in requested and conflict.kept is not None):
+            print(f"softmax-bench: {conflict.describe()}", file=sys.stderr)
     if not requested:
         for plugin in softmax_impls.broken().values():
             print(f"softmax-bench: plugin {plugin.name!r} ({plugin.target}) failed to import and is left out: "
@@ -50,9 +82,7 @@ def open_run(args: argparse.Namespace, presets: Any = None) -> Run:
     """The run folder named by --resume, or a new one under --results-dir; records this command in it."""
     preset_dict = as_dict(presets) if presets is not None else {}
     if getattr(args, "resume", None):
-        run = Run.open(args.resume)
-        run.record_command(sys.argv, preset_dict)
-        return run
+        return Run.resume(args.resume, sys.argv, preset_dict)  # locked: a second writer is refused
     return Run.create(args.results_dir, sys.argv, preset_dict)
 
 

@@ -15,10 +15,19 @@ from bench import UserError
 T = TypeVar("T")
 
 
-def pick(kind: str, table: Mapping[str, T], name: str) -> T:
-    """table[name], or a UserError naming the known presets of this kind."""
+def pick(kind: str, table: Mapping[str, T], name: str | None, default: str | None = None) -> T:
+    """table[name] (table[default] when name is None, i.e. not given), or a UserError naming the known ones.
+
+    An empty or blank name is refused, never read as "not given": `--preset ""` (an unset shell variable)
+    must not silently run the default preset.
+    """
+    known = ", ".join(table)
+    if name is None and default is not None:
+        name = default
+    if name is None or not name.strip():
+        raise UserError(f"an empty {kind} name was given; give one of the known {kind}s: {known}.")
     if name not in table:
-        raise UserError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(table)}.")
+        raise UserError(f"unknown {kind} {name!r}; known {kind}s: {known}.")
     return table[name]
 
 
@@ -114,6 +123,17 @@ class ThroughputPreset:
     cpu_interleave_bytes: int = 32 * 2**20
 
 
+# Per-unit time limit (seconds) by device type: far above any honest unit of the presets (the largest CPU
+# unit takes ~20 s here), so only a hung variant reaches it. `--timeout` overrides; 0 turns it off.
+UNIT_TIMEOUT_S: dict[str, float] = {"cpu": 300.0, "cuda": 120.0}
+# The stability study's unit is one call of a variant on a small batch (milliseconds; mpmath is not timed).
+STABILITY_TIMEOUT_S = 120.0
+# One training run (a variant, regime and dtype: 10 epochs of the chapter take well under a minute here).
+TRAIN_TIMEOUT_S = 1800.0
+# Share of RAM (CPU) or GPU memory the sweep may hold at once: an allocation past it fails as an `oom` row
+# instead of waking the OOM killer (which would end the whole run).
+MEMORY_FRACTION = 0.8
+
 # The builtin every variant's speed is compared against (speedup_vs_torch, the report, the targets).
 BASELINE = "torch"
 
@@ -126,6 +146,8 @@ _TP_NARROW = (65536, 10)  # the narrow-row figure: 10 classes, a power-of-two ba
 # training loop's steady state is the warm heap.
 _TP_BIG_TIMER = TimerBudget(warmup=6, warmup_s=2.0, min_reps=3, budget_s=0.3)
 _TP_QUICK_TIMER = TimerBudget(budget_s=0.05)
+_TP_GPU_WIDE = ((4096, 4096), (4096, 32768), (1024, 131072), (4096, 262144))
+_TP_GPU_TIMER = TimerBudget(warmup=10, warmup_s=0.5, min_reps=10, budget_s=0.3, min_sample_s=0.0)
 
 THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
     p.name: p
@@ -162,19 +184,38 @@ THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
                      RepeatCheck("torch", "ce_fwd_bwd", 4096, 32768, "float32")),
         ),
         ThroughputPreset(
-            "gpu", "a GPU: chapter shapes to 8192x131072 and 4096x262144 vocabularies, every dtype",
+            # ~60 units a variant (was 240, 280 of the 960 with 1 GiB inputs): what a person waits for
+            "gpu", "a GPU, under 20 minutes on an H100: chapter shapes to 4096x262144 vocabularies, every op in "
+                   "float32 and bfloat16, float16 and float64 at one LM shape",
             blocks=(
-                SweepBlock(_TP_OPS, _TP_CHAPTER, ("float32", "float64", "float16", "bfloat16")),
-                SweepBlock(_TP_OPS, ((4096, 4096), (4096, 32768), (1024, 131072), (8192, 131072), (4096, 262144)),
-                           ("float32", "float16", "bfloat16")),
-                SweepBlock(_TP_OPS, ((4096, 32768),), ("float64",)),
+                SweepBlock(_TP_OPS, (*_TP_CHAPTER, _TP_NARROW), ("float32", "bfloat16")),
+                SweepBlock(_TP_OPS, _TP_GPU_WIDE, ("float32", "bfloat16")),
+                SweepBlock(("softmax_fwd", "ce_fwd_bwd"), ((4096, 32768),), ("float16", "float64")),
             ),
-            timer=TimerBudget(warmup=10, warmup_s=0.5, min_reps=10, budget_s=0.3, min_sample_s=0.0),
+            timer=_TP_GPU_TIMER,
             repeats=(RepeatCheck("torch", "softmax_fwd", 4096, 32768, "float32"),
                      RepeatCheck("torch", "ce_fwd_bwd", 4096, 32768, "bfloat16")),
         ),
+        ThroughputPreset(
+            # `make bench DEVICE=cuda QUICK=1`: the shapes that decide the GPU targets and the chapter's narrow
+            # rows, the two ops a model runs (sampling softmax, the CE training step), the two dtypes it trains in
+            "gpu-quick", "a GPU in a few minutes: softmax forward and CE forward+backward, float32 and bfloat16, "
+                         "65536x10, 4096x4096, 1024x131072, 4096x262144",
+            blocks=(SweepBlock(("softmax_fwd", "ce_fwd_bwd"), (_TP_NARROW, (4096, 4096), (1024, 131072),
+                                                                (4096, 262144)), ("float32", "bfloat16")),),
+            timer=TimerBudget(warmup=5, warmup_s=0.2, min_reps=10, budget_s=0.1, min_sample_s=0.0),
+        ),
     )
 }
+
+# What `--quick` means per device type: the throughput preset, the training regimes and the stability dtypes
+# (None: every regime / every dtype the device supports); FULL: the throughput preset without --quick.
+QUICK: dict[str, dict[str, object]] = {
+    "cpu": {"throughput": "quick", "regimes": None, "stability_dtypes": None},
+    "cuda": {"throughput": "gpu-quick", "regimes": ("standard", "raw-pixels"),
+             "stability_dtypes": ("float32", "bfloat16")},
+}
+FULL: dict[str, str] = {"cpu": "default", "cuda": "gpu"}
 
 # --- throughput targets (bench/targets.py) ----------------------------------------------------------
 

@@ -137,7 +137,8 @@ def speedup(wide: pd.DataFrame, device_name: str, palette: dict[str, Any], path:
     return _save(fig, path)
 
 
-RESULT_CODES = {"pass": 0, "fail": 1, "error": 2, "skipped": 3, "—": 3}
+# a wrong output is a failure (red); a timeout or out-of-memory is, like an error, no measurement (orange)
+RESULT_CODES = {"pass": 0, "fail": 1, "wrong": 1, "error": 2, "timeout": 2, "oom": 2, "skipped": 3, "—": 3}
 RESULT_COLOURS = ListedColormap(["#8fd19e", "#f08a8a", "#f5c26b", "#dddddd"])
 
 
@@ -161,7 +162,8 @@ def stability_heatmap(cells: pd.DataFrame, device_name: str, path: Path) -> Path
             i, j = variants.index(r["variant"]), families.index(r["family"])
             codes[i, j] = RESULT_CODES.get(r["result"], 3)
             err = r["max_err_u"]
-            label = {"pass": "", "fail": "✗ ", "error": "err ", "skipped": "skip"}.get(r["result"], "")
+            label = {"pass": "", "fail": "✗ ", "wrong": "wrong ", "error": "err ", "timeout": "timeout",
+                     "oom": "oom", "skipped": "skip"}.get(r["result"], "")
             nonfinite = r["nonfinite"]
             if r["result"] == "fail" and isinstance(nonfinite, float) and nonfinite > 0:
                 label += "inf/NaN"  # the error of the finite outputs alone would understate the failure
@@ -178,7 +180,7 @@ def stability_heatmap(cells: pd.DataFrame, device_name: str, path: Path) -> Path
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         ax.tick_params(axis="y", rotation=0)
     handles = [plt.Rectangle((0, 0), 1, 1, color=RESULT_COLOURS(i)) for i in range(4)]
-    fig.legend(handles, ["pass", "fail", "error", "not measured"], loc="upper center", ncol=4,
+    fig.legend(handles, ["pass", "fail / wrong", "error / timeout / oom", "not measured"], loc="upper center", ncol=4,
                bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.suptitle(f"Stability on {device_name}: every family per variant and dtype", y=1.03, fontsize=12)
     fig.tight_layout()

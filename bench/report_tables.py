@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd
 from bench import UserError
 from bench.presets import BASELINE
 from bench.results import TABLES, Run, columns
+from bench.targets import measured
 
 # Columns every merged table gets in front, so rows from several machines keep where they came from.
 ORIGIN = ["run", "host", "device_name"]
@@ -102,7 +104,8 @@ def load(paths: Iterable[Path | str]) -> Bundle:
             continue
         seen.add(run.path.resolve())
         machine = run.info.get("machine") if isinstance(run.info.get("machine"), dict) else {}
-        meta = RunMeta(run.path, run.path.name, str(machine.get("host") or "?"), run.info)
+        # the folder's own name, however the path was spelled (`RUN/sub/..` is RUN, never '..')
+        meta = RunMeta(run.path, run.path.resolve().name, str(machine.get("host") or "?"), run.info)
         for table in TABLES:
             df = run.read(table)
             problems += [f"{meta.name}: {msg}" for msg in df.attrs.get("problems", [])]
@@ -169,14 +172,44 @@ def shape(rows: Any, cols: Any) -> str:
     return f"{int(rows)}×{int(cols)}"
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub pipe table (no tabulate dependency); every cell as text, pipes escaped."""
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+# What a quoted name or message could otherwise turn into markup: code, emphasis, links and images, raw HTML
+# and entities, table pipes, strikethrough, GitHub's $math$. An underscore inside a word starts no emphasis,
+# so `max_subtracted` stays readable in the raw file.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<|~$&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# What opens a block at the start of a line: a heading, a quote, a list item (a marker and a space).
+_MD_LEAD = re.compile(r"^(?:#{1,6}|[+-]|\d{1,9}[.)])(?=\s|$)|^>")
+_CODE_SPAN = re.compile(r"(`[^`]+`)")
 
-    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
+
+def md_escape(text: Any, block: bool = False) -> str:
+    """`text` as one line of literal markdown: every character that markdown (GitHub's flavour) would read as
+    markup is backslash-escaped, newlines become spaces, so a variant named `a|b` or a message holding `*`,
+    `_`, backticks, `<script>` or newlines can neither break a table nor inject markup. The one helper for
+    everything index.md quotes: table cells and alt text as they are, sentences with `block`.
+
+    `block`: the text is a paragraph, list item or heading of the report's own, so its `code` spans (the one
+    markup its sentences use; the HTML writer turns them into <code>) are kept, everything around them is
+    escaped, and a leading '#', '-', '1.' or '>' cannot open a block.
+    """
+    flat = re.sub(r"[\r\n]+", " ", str(text)).strip()  # a newline would end a table row or a list item
+    parts = _CODE_SPAN.split(flat) if block else [flat]
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:  # a code span: its content is literal markdown already
+            out.append(part)
+        else:
+            out.append(_MD_SPECIAL.sub(lambda m: "\\" + m.group(0), part))
+    joined = "".join(out)
+    if not block:  # a table cell or alt text: nothing in it can open a block
+        return joined
+    return _MD_LEAD.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], joined)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub pipe table (no tabulate dependency); every cell as escaped text (:func:`md_escape`)."""
+    head = "| " + " | ".join(md_escape(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
+    body = ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in df.itertuples(index=False, name=None)]
     return "\n".join([head, rule, *body])
 
 
@@ -230,19 +263,21 @@ def commands(bundle: Bundle) -> pd.DataFrame:
 def throughput_wide(bundle: Bundle) -> pd.DataFrame:
     """One row per measured point (TP_KEY) with one column per metric; roofline and speedup derived if absent.
 
-    Only rows with status ok carry numbers; failed points are in :func:`throughput_failures`.
+    Only rows with status ok carry numbers (bench.targets.measured: a unit whose output was wrong or that
+    timed out contributes none, nor does a speedup against a baseline that failed there); failed points are
+    in :func:`throughput_failures`.
     """
     tp = bundle.tables["throughput"]
     if tp.empty:
         return pd.DataFrame(columns=TP_KEY)
-    ok = tp[(tp["status"] == "ok") & tp["value"].notna()]
+    ok = measured(tp)
     if ok.empty:
         return pd.DataFrame(columns=TP_KEY)
     wide = ok.pivot_table(index=TP_KEY, columns="metric", values="value", aggfunc="median").reset_index()
     wide.columns.name = None
     if "gbps" in wide and "copy_gbps" in wide and "roofline_frac" not in wide:
         wide["roofline_frac"] = wide["gbps"] / wide["copy_gbps"]
-    if "speedup_vs_torch" not in wide and "median_s" in wide:
+    if "speedup_vs_torch" not in wide and "median_s" in wide:  # only a measured baseline is in `wide`
         ref = wide[wide["variant"] == REFERENCE].set_index([k for k in TP_KEY if k != "variant"])["median_s"]
         idx = pd.MultiIndex.from_frame(wide[[k for k in TP_KEY if k != "variant"]])
         wide["speedup_vs_torch"] = ref.reindex(idx).to_numpy() / wide["median_s"].to_numpy()
@@ -259,15 +294,44 @@ def cpu_roofline_has_streaming_copy(bundle: Bundle) -> bool:
     return bool(rows["message"].fillna("").str.contains("streaming copy").any())
 
 
+# What each status that is not a measurement means, for the reader of the failure list.
+STATUS_MEANING = {
+    "wrong": "the output failed validation against the float64 reference",
+    "timeout": "ran past the per-unit time limit",
+    "oom": "out of memory",
+    "error": "raised an error",
+    "skipped": "not run here",
+}
+# Findings about the variant first: a wrong output or a timeout matters more than a machine's limits.
+_STATUS_ORDER = {s: i for i, s in enumerate(STATUS_MEANING)}
+
+
 def throughput_failures(bundle: Bundle) -> pd.DataFrame:
+    """One row per point and metric that holds no measurement (metric median_s: the whole point; another
+    metric, e.g. peak_bytes, alone), wrong outputs and timeouts first, with the message."""
     tp = bundle.tables["throughput"]
     bad = tp[tp["status"] != "ok"] if not tp.empty else tp
-    cols = ["host", "device_name", "variant", "dtype", "op", "shape", "status", "message"]
+    cols = ["host", "device_name", "variant", "dtype", "op", "shape", "metric", "status", "message"]
     if bad.empty:
         return pd.DataFrame(columns=cols)
-    bad = bad.drop_duplicates(TP_KEY + ["status"]).copy()
+    bad = bad.drop_duplicates(TP_KEY + ["metric", "status"]).copy()
     bad["shape"] = [shape(r, c) for r, c in zip(bad["rows"], bad["cols"], strict=False)]
-    return bad[cols].reset_index(drop=True)
+    bad["message"] = bad["message"].fillna("").astype(str)
+    bad = bad.assign(_order=bad["status"].map(_STATUS_ORDER).fillna(len(_STATUS_ORDER)))
+    return bad.sort_values(["_order", "variant"], kind="stable")[cols].reset_index(drop=True)
+
+
+def failure_counts(failures: pd.DataFrame) -> dict[str, str]:
+    """variant -> '2 wrong, 1 oom': the points of each variant that hold no time (metric median_s), by status."""
+    out: dict[str, str] = {}
+    failures = failures[failures["metric"] == "median_s"] if not failures.empty else failures
+    if failures.empty:
+        return out
+    for variant, g in failures.groupby("variant", sort=True):
+        counts = g["status"].value_counts()
+        order = sorted(counts.index, key=lambda s: (_STATUS_ORDER.get(s, 99), s))
+        out[str(variant)] = ", ".join(f"{counts[s]} {s}" for s in order)
+    return out
 
 
 def memory_table(wide: pd.DataFrame) -> pd.DataFrame:
@@ -367,7 +431,7 @@ def throughput_table(wide: pd.DataFrame, dtype: str, op: str) -> pd.DataFrame:
 def throughput_reading(wide: pd.DataFrame, failures: pd.DataFrame) -> list[str]:
     """Plain sentences drawn from the numbers: who is fastest where, and how far from the roofline."""
     if wide.empty or "gbps" not in wide:
-        return ["No throughput row holds a bandwidth, so there is nothing to read yet."]
+        return ["No throughput row holds a bandwidth, so there is nothing to read yet.", *_failure_reading(failures)]
     out = []
     for dev, dtype, op, rows, cols in representative(wide):
         d = wide[(wide["device_name"] == dev) & (wide["dtype"] == dtype) & (wide["op"] == op)
@@ -392,17 +456,34 @@ def throughput_reading(wide: pd.DataFrame, failures: pd.DataFrame) -> list[str]:
             gm = float(np.exp(np.log(g["speedup_vs_torch"].clip(lower=1e-12)).mean()))
             out.append(f"{variant} is faster than torch by more than 5% at {wins} of {len(g)} measured points "
                        f"(geometric mean speed ratio {gm:.2f}×).")
-    if not failures.empty:
-        counts = failures.groupby("status").size()
-        out.append("Points that could not be measured: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-                   + " (listed below with their reasons).")
-    return out
+    return out + _failure_reading(failures)
+
+
+def _failure_reading(failures: pd.DataFrame) -> list[str]:
+    if failures.empty:
+        return []
+    points = failures[failures["metric"] == "median_s"]
+    counts = points["status"].value_counts()
+    order = sorted(counts.index, key=lambda s: (_STATUS_ORDER.get(s, 99), s))
+    text = "Points that could not be measured: " + (", ".join(
+        f"{counts[s]} {s}" + (f" ({STATUS_MEANING[s]})" if s in STATUS_MEANING else "") for s in order) or "none")
+    single = failures[failures["metric"] != "median_s"]
+    if not single.empty:  # e.g. peak_bytes of a compiled kernel: the point's times still count
+        metrics = ", ".join(sorted(set(single["metric"].astype(str))))
+        text += f"; {len(single)} single metrics ({metrics}) of measured points were not taken"
+    return [text + " (listed below with their reasons; a point without a time enters no GB/s, speedup, target "
+            "or figure)."]
 
 
 # --- stability -----------------------------------------------------------------------------------------
 
+# Statuses of a stability group that neither passed nor failed, most telling first.
+UNMEASURED = ("wrong", "timeout", "error", "oom")
+
+
 def stability_cells(bundle: Bundle) -> pd.DataFrame:
-    """One row per (origin, device, variant, dtype, family): result pass/fail/error/skipped and the error size.
+    """One row per (origin, device, variant, dtype, family): result pass/fail/wrong/timeout/error/oom/skipped and
+    the error size (a family with any unmeasured group is not a pass: the first of UNMEASURED it holds wins).
 
     A family passes when every measured (op, parameter, length) in it passed; `max_err_u` is the largest
     relative error in units of the dtype's unit roundoff; `nonfinite` counts non-finite outputs.
@@ -421,11 +502,11 @@ def stability_cells(bundle: Bundle) -> pd.DataFrame:
         errs = ok.loc[ok["metric"] == "max_rel_err_u", "value"]
         nonfinite = ok.loc[ok["metric"] == "nonfinite", "value"]
         failed = ok[(ok["metric"] == "passed") & (ok["value"] < 0.5)]
-        n_error = int((g["status"] == "error").sum())
+        unmeasured = next((s for s in UNMEASURED if (g["status"] == s).any()), None)
         if len(passed) and (passed < 0.5).any():
             result = "fail"
-        elif n_error:
-            result = "error"
+        elif unmeasured:
+            result = unmeasured
         elif len(passed):
             result = "pass"
         else:
@@ -447,7 +528,7 @@ def stability_table(cells: pd.DataFrame) -> pd.DataFrame:
     if cells.empty:
         return pd.DataFrame()
     def cell(r: pd.Series) -> str:
-        label = {"fail": "FAIL", "error": "ERROR"}.get(r["result"], r["result"])
+        label = r["result"].upper() if r["result"] in ("fail", *UNMEASURED) else r["result"]
         return label if _nan(r["max_err_u"]) else f"{label} {fmt(r['max_err_u'], 2)}u"
     c = cells.assign(cell=cells.apply(cell, axis=1))
     wide = c.pivot_table(index=["device_name", "variant", "dtype"], columns="family", values="cell",
@@ -459,7 +540,7 @@ def stability_table(cells: pd.DataFrame) -> pd.DataFrame:
 def failed_families(cells: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
     """variant -> family -> dtypes in which it failed (on any device)."""
     out: dict[str, dict[str, list[str]]] = {}
-    for _, r in cells[cells["result"] == "fail"].iterrows():
+    for _, r in cells[cells["result"].isin(["fail", "wrong"])].iterrows():  # a wrong output fails too
         fam = out.setdefault(r["variant"], {}).setdefault(r["family"], [])
         if r["dtype"] not in fam:
             fam.append(r["dtype"])
@@ -493,15 +574,21 @@ def stability_reading(cells: pd.DataFrame, bundle: Bundle) -> list[str]:
     failed = failed_families(cells)
     families = sorted(set(cells["family"]))
     for variant in sorted(set(cells["variant"])):
+        mine = cells[cells["variant"] == variant]
         fams = failed.get(variant, {})
-        n_err = int(((cells["variant"] == variant) & (cells["result"] == "error")).sum())
-        if not fams:
-            text = f"{variant} passes all {len(families)} families it was measured on"
-        else:
+        unmeasured = mine[mine["result"].isin(UNMEASURED[1:])]
+        if fams:
             listed = "; ".join(f"{f} ({', '.join(sorted(d))})" for f, d in sorted(fams.items()))
             text = f"{variant} fails {len(fams)} of {len(families)} families: {listed}"
-        if n_err:
-            text += f", and {n_err} measurement groups raised an error"
+        elif unmeasured.empty:
+            text = f"{variant} passes all {len(families)} families it was measured on"
+        else:  # an error is no pass: count only the families that really passed
+            passed = set(mine.loc[mine["result"] == "pass", "family"]) - set(unmeasured["family"])
+            text = f"{variant} passes {len(passed)} of {len(families)} families"
+        if not unmeasured.empty:
+            why = "; ".join(dict.fromkeys(m for m in unmeasured["message"].astype(str) if m))[:200]
+            text += (f"; {len(unmeasured)} measurement groups have no result "
+                     f"({', '.join(sorted(set(unmeasured['result'])))}{': ' + why if why else ''})")
         out.append(text + ".")
     th = bundle.tables["thresholds"]
     if not th.empty:
@@ -632,6 +719,17 @@ def predictions_table(bundle: Bundle, regime: str = "standard") -> pd.DataFrame:
 
 # --- verdict -------------------------------------------------------------------------------------------
 
+def _accuracy_cell(runs: pd.DataFrame) -> str:
+    """Mean final test accuracy of the runs that finished; the statuses of those that did not (a run that
+    timed out or errored mid-way has a partial accuracy that must not pass for a result)."""
+    if runs.empty:
+        return "—"
+    done = runs[runs["status"] == "ok"]
+    if done.empty:
+        return ", ".join(sorted(set(runs["status"].astype(str))))
+    return fmt(done["test_acc"].mean()) + (" (diverged)" if done["diverged"].any() else "")
+
+
 def verdict(bundle: Bundle) -> pd.DataFrame:
     """One row per variant: speed at representative shapes, thresholds, families failed, accuracy, divergence."""
     variants = variants_in(bundle)
@@ -648,6 +746,9 @@ def verdict(bundle: Bundle) -> pd.DataFrame:
             table[f"% roofline, {where}"] = [pct(d["roofline_frac"].get(v)) for v in variants]
         if "speedup_vs_torch" in d:
             table[f"× torch, {where}"] = [times(d["speedup_vs_torch"].get(v)) for v in variants]
+    unmeasured = failure_counts(throughput_failures(bundle))
+    if unmeasured:  # a wrong output or a timeout is a finding about the variant: the verdict says it
+        table["throughput points not measured"] = [unmeasured.get(v, "none") for v in variants]
     th = bundle.tables["thresholds"]
     if not th.empty:
         ops = set(th["op"])
@@ -672,10 +773,7 @@ def verdict(bundle: Bundle) -> pd.DataFrame:
         for (regime, dtype, dev), g in final.groupby(["regime", "dtype", "device_name"], sort=False):
             multi_dtype = final.loc[final["regime"] == regime, "dtype"].nunique() > 1
             label = "test acc " + regime + (f" {dtype}" if multi_dtype else "") + (f" {dev}" if several else "")
-            by = g.groupby("variant")
-            table[label] = [
-                (fmt(by.get_group(v)["test_acc"].mean()) + (" (diverged)" if by.get_group(v)["diverged"].any() else ""))
-                if v in by.groups else "—" for v in variants]
+            table[label] = [_accuracy_cell(g[g["variant"] == v]) for v in variants]
         div = final[final["diverged"]]
         trained = set(final.loc[final["status"] == "ok", "variant"])
         table["diverged in"] = [

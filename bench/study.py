@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from bench import UserError
-from bench.harness import add_common_arguments, device_from, select_variants
+from bench.harness import add_common_arguments, chosen_variants, device_from, timeout_from
 from bench.progress import log
 from bench.results import Run
+from bench.sandbox import contained
 
 STEPS = ("train", "throughput", "stability")
 
@@ -38,31 +39,34 @@ def add_arguments_all(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="report folder (default: reports/<run name>)")
 
 
-def _train(run: Run, variants: list, device: torch.device, quick: bool) -> None:
-    from bench.presets import REGIMES
+def _train(run: Run, variants: list, device: torch.device, quick: bool, timeout: float | None) -> None:
+    from bench.presets import QUICK, REGIMES
     from bench.training import format_table, train_into
 
-    results = train_into(run, variants, list(REGIMES), device, seed=0, quick=quick)
+    regimes = (QUICK[device.type]["regimes"] if quick else None) or list(REGIMES)
+    results = train_into(run, variants, list(regimes), device, seed=0, quick=quick, timeout=timeout)
     print(format_table(results))
 
 
-def _throughput(run: Run, variants: list, device: torch.device, quick: bool) -> None:
-    from bench.presets import THROUGHPUT_PRESETS
+def _throughput(run: Run, variants: list, device: torch.device, quick: bool, timeout: float | None) -> None:
+    from bench.presets import FULL, QUICK, THROUGHPUT_PRESETS
     from bench.throughput import throughput_into
 
-    name = "quick" if quick else ("gpu" if device.type == "cuda" and "gpu" in THROUGHPUT_PRESETS else "default")
-    throughput_into(run, variants, device, THROUGHPUT_PRESETS[name])
+    name = QUICK[device.type]["throughput"] if quick else FULL[device.type]
+    throughput_into(run, variants, device, THROUGHPUT_PRESETS[name], timeout=timeout)
 
 
-def _stability(run: Run, variants: list, device: torch.device, quick: bool) -> None:
-    from bench.presets import STABILITY_PRESETS
+def _stability(run: Run, variants: list, device: torch.device, quick: bool, timeout: float | None) -> None:
+    from bench.presets import QUICK, STABILITY_PRESETS
     from bench.stability import format_summary, stability_into
 
-    lines = stability_into(run, variants, device, STABILITY_PRESETS["quick" if quick else "default"])
+    dtypes = QUICK[device.type]["stability_dtypes"] if quick else None
+    lines = stability_into(run, variants, device, STABILITY_PRESETS["quick" if quick else "default"],
+                           dtypes=dtypes, timeout=timeout)
     print(format_summary(lines))
 
 
-STEP_FUNCTIONS: dict[str, Callable[[Run, list, torch.device, bool], None]] = {
+STEP_FUNCTIONS: dict[str, Callable[[Run, list, torch.device, bool, float | None], None]] = {
     "train": _train, "throughput": _throughput, "stability": _stability}
 
 
@@ -70,12 +74,12 @@ def run_all(args: argparse.Namespace) -> int:
     from bench.report import render
 
     device = device_from(args)
-    variants = select_variants(args.variant)
+    variants = chosen_variants(args)
+    timeout = timeout_from(args)
     presets = {"all": {"quick": args.quick, "device": str(device), "variants": [v.name for v in variants],
-                       "skip": args.skip}}
+                       "skip": args.skip, "excluded": args.exclude, "timeout": timeout}}
     if args.resume:
-        run = Run.open(args.resume)
-        run.record_command(sys.argv, presets)
+        run = Run.resume(args.resume, sys.argv, presets)  # locked: a second writer is refused
     else:
         run = Run.create(args.results_dir, sys.argv, presets)
     log(f"softmax-bench all: writing to {run.path}")
@@ -86,15 +90,15 @@ def run_all(args: argparse.Namespace) -> int:
             f"{len(variants)} variants)")
         start = time.perf_counter()
         try:
-            STEP_FUNCTIONS[step](run, variants, device, args.quick)
+            STEP_FUNCTIONS[step](run, variants, device, args.quick, timeout)
             outcome[step] = f"ok in {time.perf_counter() - start:.0f} s"
         except ImportError as exc:  # a study not installed yet must not stop the others
             outcome[step] = f"missing: {exc}"
         except UserError as exc:
             outcome[step] = f"failed: {exc}"
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # a crash in one study is reported, the others still run
+        except BaseException as exc:  # a crash (even a SystemExit) in one study is reported, the others run
+            if not contained(exc):
+                raise
             traceback.print_exc(file=sys.stderr)
             outcome[step] = f"failed: {type(exc).__name__}: {exc}"
         log(f"== {step}: {outcome[step]}")

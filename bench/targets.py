@@ -19,10 +19,38 @@ from bench.presets import BASELINE, THROUGHPUT_OPS, THROUGHPUT_TARGETS, Throughp
 POINT = ["device", "op", "dtype", "rows", "cols"]
 
 
+UNIT = ["variant", *POINT]
+
+
+# Statuses that condemn a whole unit: its output was wrong, or it never finished. Such a unit is one row.
+UNTRUSTED = ("wrong", "timeout")
+
+
+def measured(rows: pd.DataFrame) -> pd.DataFrame:
+    """The tidy rows that may enter a GB/s, a speedup, a target or a figure: status ok with a value, of units
+    (variant and point) whose time was measured (median_s ok) and that nothing marks wrong or timed out, and
+    no speedup taken against a baseline that was not measured at that point. (One metric may fail alone, e.g.
+    peak_bytes skipped for a compiled kernel: the unit's times still count.)
+    """
+    if rows.empty:
+        return rows
+    failed = rows[(rows["status"] != "ok") & (rows["metric"].eq("median_s") | rows["status"].isin(UNTRUSTED))]
+    keep = rows["status"].eq("ok") & rows["value"].notna()
+    if not failed.empty:
+        unit = pd.MultiIndex.from_frame(rows[UNIT].astype(str))
+        keep &= ~unit.isin(pd.MultiIndex.from_frame(failed[UNIT].astype(str)).unique())
+        base = failed[failed["variant"] == BASELINE]
+        if not base.empty:  # a ratio against a wrong, timed-out or failed baseline means nothing
+            point = pd.MultiIndex.from_frame(rows[POINT].astype(str))
+            keep &= ~(point.isin(pd.MultiIndex.from_frame(base[POINT].astype(str)).unique())
+                      & rows["metric"].eq("speedup_vs_torch").to_numpy())
+    return rows[keep]
+
+
 def _wide(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, point) with the two metrics a target reads, from tidy throughput rows."""
-    ok = rows[(rows["status"] == "ok") & rows["value"].notna()
-              & rows["metric"].isin(["roofline_frac", "speedup_vs_torch"])]
+    ok = measured(rows)
+    ok = ok[ok["metric"].isin(["roofline_frac", "speedup_vs_torch"])] if not ok.empty else ok
     if ok.empty:
         return pd.DataFrame(columns=["variant", *POINT, "roofline_frac", "speedup_vs_torch"])
     wide = ok.pivot_table(index=["variant", *POINT], columns="metric", values="value", aggfunc="median")
@@ -41,7 +69,9 @@ def check(target: ThroughputTarget, wide: pd.DataFrame) -> str:
                & wide["dtype"].isin(target.dtypes) & wide[target.metric].notna()]
     if target.shapes:
         keys = set(target.shapes)
-        pts = pts[[(int(r), int(c)) in keys for r, c in zip(pts["rows"], pts["cols"], strict=True)]]
+        # a boolean Series, never a bare list: an empty list would select no *columns* (KeyError: 'variant')
+        pts = pts[pd.Series([(int(r), int(c)) in keys for r, c in zip(pts["rows"], pts["cols"], strict=True)],
+                            index=pts.index, dtype=bool)]
     else:
         pts = pts[(pts["cols"] >= target.min_cols) & (pts["cols"] <= target.max_cols)]
     if target.variant is not None:

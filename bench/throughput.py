@@ -51,12 +51,13 @@ Two CPU settings decide what the numbers mean (both are recorded in run.json und
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +66,22 @@ import torch
 
 from bench import UserError
 from bench.devices import DTYPES, dtype_name, dtype_skip_reason
-from bench.harness import add_common_arguments, classify_failure, device_from, open_run, select_variants
+from bench.harness import (
+    add_common_arguments,
+    chosen_variants,
+    classify_failure,
+    device_from,
+    open_run,
+    timeout_from,
+)
 from bench.presets import (
     BASELINE,
+    FULL,
+    MEMORY_FRACTION,
+    QUICK,
     THROUGHPUT_OPS,
     THROUGHPUT_PRESETS,
+    UNIT_TIMEOUT_S,
     SweepBlock,
     ThroughputPreset,
     TimerBudget,
@@ -78,15 +90,18 @@ from bench.presets import (
 )
 from bench.progress import each, log
 from bench.results import MAX_SAMPLES, Run, SampleRow, ThroughputRow
+from bench.sandbox import InputGuard, UnitTimeout, contained, deadline, memory_ceiling
 from bench.targets import target_lines
 from bench.timing import (
     Measurement,
     keep_freed_memory,
     peak_memory,
+    release_kept_memory,
     time_call,
     time_cpu_interleaved,
     timer_overhead,
 )
+from bench.validate import check_output
 from softmax_impls import Variant
 
 TABLE = "throughput"
@@ -262,7 +277,7 @@ class _Sweep:
     """State shared by the units of one sweep: baselines, copy bandwidths, what the run already holds."""
 
     def __init__(self, run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset,
-                 flush_l2: bool, cuda_graph: bool):
+                 flush_l2: bool, cuda_graph: bool, timeout: float | None = None):
         self.run, self.device, self.preset = run, device, preset
         self.flush_l2, self.cuda_graph = flush_l2, cuda_graph
         self.variants = {v.name: v for v in variants}
@@ -279,22 +294,24 @@ class _Sweep:
             if row.metric == "median_s" and row.variant == BASELINE:
                 self.baseline.setdefault((row.op, row.dtype, int(row.rows), int(row.cols)), float(row.value))
         self.overhead: float | None = None
+        self.timeout = timeout
+        # (variant, op, dtype) -> elements of the smallest shape that timed out: bigger ones are not tried
+        self.timed_out: dict[tuple[str, str, str], int] = {}
 
     # -- resume bookkeeping
     def unit_key(self, u: Unit) -> tuple[str, ...]:
         return (u.variant, self.dev, u.dtype, u.op, str(u.rows), str(u.cols))
 
-    def missing(self, u: Unit) -> set[str] | None:
-        """None when the run already holds this unit completely; else the metrics it lacks (all if new)."""
+    def done(self, u: Unit) -> bool:
+        """Whether the run already holds this unit completely (a one-row failed unit counts as complete).
+
+        A unit cut mid-write is measured again whole; the reader keeps only its latest block of rows."""
         have = self.have.get(self.unit_key(u), {})
         if not have:
-            return set(expected_metrics(u.repeat))
+            return False
         if have.get("median_s", "ok") != "ok":
-            return None  # a one-row unit: skipped, oom, error, wrong or timeout
-        if set(expected_metrics(u.repeat)) - set(have):
-            # cut mid-write: measured again whole; the reader keeps only this unit's latest block of rows
-            return set(expected_metrics(u.repeat))
-        return None
+            return True  # skipped, oom, error, wrong or timeout
+        return not set(expected_metrics(u.repeat)) - set(have)
 
     # -- rows
     def row(self, u: Unit, metric: str, value: float | None, unit: str, status: str = "ok",
@@ -391,23 +408,51 @@ class _Sweep:
                     inputs = op.make_inputs(u.rows, u.cols, DTYPES[u.dtype], self.device)
                     self.baseline[key] = self.time(op.closure(base, inputs), u.timer).stats.median
                     del inputs
-                except Exception:  # no baseline: the speedup row says so
-                    pass
+                except BaseException as exc:  # no baseline: the speedup row says so
+                    if not contained(exc):
+                        raise
         return self.baseline[key]
 
     def memory_guard(self, u: Unit) -> str | None:
+        """Why the unit is not attempted (it would not fit), or None. Counts what this process already holds:
+        the sweep keeps freed memory (keep_freed_memory), so RSS is given back first when it is in the way."""
         if self.device.type != "cpu":
             return None  # CUDA raises a clean OutOfMemoryError instead
+        need = u.rows * u.cols * DTYPES[u.dtype].itemsize * (2 + self.preset.cpu_live_copies)
         available = _mem_available_bytes()
-        need = u.rows * u.cols * DTYPES[u.dtype].itemsize * (1 + self.preset.cpu_live_copies)
         if available is not None and need > available:
-            return (f"not attempted: needs about {need / 1e9:.1f} GB (inputs + {self.preset.cpu_live_copies} "
-                    f"input-sized temporaries) but only {available / 1e9:.1f} GB is available; the OOM killer "
-                    f"would end the whole sweep")
+            release_kept_memory()
+            available = _mem_available_bytes()
+        if available is not None and need > available:
+            return (f"not attempted: needs about {need / 1e9:.1f} GB (inputs, a pristine copy and "
+                    f"{self.preset.cpu_live_copies} input-sized temporaries) but only {available / 1e9:.1f} GB "
+                    f"is available; the OOM killer would end the whole sweep")
         return None
 
-    def measure(self, u: Unit) -> list[ThroughputRow]:
-        """All rows of one unit; never raises for a failing variant."""
+    def inputs_for(self, u: Unit) -> Inputs:
+        torch.manual_seed(0)  # every variant of a point sees the same inputs
+        return OPS[u.op].make_inputs(u.rows, u.cols, DTYPES[u.dtype], self.device)
+
+    def validate(self, variant: Variant, u: Unit, inputs: Inputs, fn: Callable[[], object],
+                 guard: InputGuard) -> tuple[str, str] | None:
+        """Run the variant once and judge its output and its inputs: (status, reason) when it must not be
+        timed (`wrong` result, `error` for a mutated input), None when it may."""
+        start = time.perf_counter()
+        out = fn()
+        took = time.perf_counter() - start
+        calls = 2 + u.timer.warmup + u.timer.min_reps  # first call, warm-up, samples, peak memory
+        if self.timeout and took * calls > self.timeout:
+            raise UnitTimeout(f"one call took {took:.3g} s and timing needs at least {calls} more, past the "
+                              f"time limit of {self.timeout:g} s (--timeout)")
+        mutated = guard.changed()
+        if mutated:
+            return "error", mutated
+        problem = check_output(u.op, out, inputs.x, inputs.target, inputs.dy,
+                               variant.contract.ordinary_tolerance_ulps)
+        return ("wrong", f"not timed: {problem}") if problem else None
+
+    def measure(self, u: Unit) -> list[ThroughputRow | SampleRow]:
+        """All rows of one unit; never raises for a failing variant (Ctrl-C excepted)."""
         variant = self.variants[u.variant]
         dtype = DTYPES[u.dtype]
         reason = variant.skip_reason(self.device, dtype) or dtype_skip_reason(self.device, dtype)
@@ -416,35 +461,67 @@ class _Sweep:
         too_big = self.memory_guard(u)
         if too_big:
             return self.failed(u, "oom", too_big)
+        earlier = self.timed_out.get((u.variant, u.op, u.dtype))
+        if earlier is not None and u.rows * u.cols >= earlier:
+            return self.failed(u, "timeout", "not attempted: a smaller shape of this op and dtype ran past "
+                                             "the time limit (--timeout)")
+        try:
+            with deadline(self.timeout, f"unit {u.label()}"):
+                return self.measure_unit(variant, u)
+        except UnitTimeout as exc:
+            self.timed_out[(u.variant, u.op, u.dtype)] = u.rows * u.cols
+            return self.failed(u, "timeout", str(exc))
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # big shapes: leave the next unit the whole memory
 
+    def measure_unit(self, variant: Variant, u: Unit) -> list[ThroughputRow | SampleRow]:
+        op = OPS[u.op]
         interleave = self.interleaves(u)
         if not interleave:
             copy_gbps, copy_status, copy_msg = self.copy_bandwidth(u)
-        op = OPS[u.op]
-        inputs = fn = None
+        inputs = fn = guard = None
         try:
-            torch.manual_seed(0)
-            inputs = op.make_inputs(u.rows, u.cols, dtype, self.device)
+            inputs = self.inputs_for(u)
+            guard = InputGuard(vars(inputs))
             fn = op.closure(variant, inputs)
+            refused = self.validate(variant, u, inputs, fn, guard)
+            if refused:
+                return self.failed(u, *refused)
             if interleave:
                 m, (copy_gbps, copy_status, copy_msg) = self.time_beside_copies(fn, u)
             else:
                 m = self.time(fn, u.timer)
             again = self.time(fn, u.timer) if u.repeat else None
-            try:
-                peak_bytes = peak_memory(fn, self.device, peaks_once=m.stats.median > 0.01)
-                peak: tuple[float | None, str, str] = (float(peak_bytes), "ok", "")
-            except Exception as exc:  # e.g. no mallinfo2: the peak row says why, the timing stands
-                status, message = classify_failure(exc)
-                peak = (None, "skipped" if status == "error" else status, message)
-        except Exception as exc:
-            status, message = classify_failure(exc)
-            return self.failed(u, status, message)
+            peak = self.peak(fn, m)
+            mutated = guard.changed()
+            if mutated:
+                return self.failed(u, "error", mutated + " while it was timed")
+        except UnitTimeout:
+            raise
+        except BaseException as exc:  # SystemExit from a plugin too: a row, never the end of the sweep
+            if not contained(exc):
+                raise
+            return self.failed(u, *classify_failure(exc))
         finally:
-            del inputs, fn
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()  # big shapes: leave the next unit the whole memory
+            del inputs, fn, guard
+        return self.ok_rows(u, m, again, peak, (copy_gbps, copy_status, copy_msg))
 
+    def peak(self, fn: Callable[[], object], m: Measurement) -> tuple[float | None, str, str]:
+        try:
+            return float(peak_memory(fn, self.device, peaks_once=m.stats.median > 0.01)), "ok", ""
+        except UnitTimeout:
+            raise
+        except BaseException as exc:  # e.g. no mallinfo2: the peak row says why, the timing stands
+            if not contained(exc):
+                raise
+            status, message = classify_failure(exc)
+            return None, "skipped" if status == "error" else status, message
+
+    def ok_rows(self, u: Unit, m: Measurement, again: Measurement | None, peak: tuple[float | None, str, str],
+                copy: tuple[float | None, str, str]) -> list[ThroughputRow | SampleRow]:
+        op, dtype = OPS[u.op], DTYPES[u.dtype]
+        copy_gbps, copy_status, copy_msg = copy
         s = m.stats
         if u.variant == BASELINE:
             self.baseline[(u.op, u.dtype, u.rows, u.cols)] = s.median
@@ -546,17 +623,37 @@ def choose_threads(device: torch.device, requested: int | None = None,
     return default, f"torch's default, one per core (other jobs: {held:.1f} cores busy, {source})"
 
 
+def estimate_seconds(units: Sequence[Unit], device: torch.device) -> float:
+    """What the timer budgets alone cost: per unit, the variant and each roofline copy (two on CPU, one on
+    CUDA) spend their sampling budget and some warm-up (at most 0.1 s of it: short calls stop after a few),
+    plus the validation and peak-memory calls (~0.05 s)."""
+    copies = 2 if device.type == "cpu" else 1
+    return sum((copies + 1) * (min(u.timer.warmup_s, 0.1) + u.timer.budget_s) + 0.05 for u in units)
+
+
+@contextlib.contextmanager
+def memory_limit(device: torch.device) -> Iterator[str]:
+    """Keep the sweep under MEMORY_FRACTION of the device's memory, so an allocation past it is an `oom` row
+    and never a killed process; yields what was set (for run.json)."""
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(MEMORY_FRACTION, device)
+        yield f"torch.cuda.set_per_process_memory_fraction({MEMORY_FRACTION})"
+        return
+    with memory_ceiling(MEMORY_FRACTION) as what:
+        yield what
+
+
 def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset, *,
                     ops: Sequence[str] | None = None, dtypes: Sequence[str] | None = None,
                     shapes: Sequence[tuple[int, int]] | None = None, flush_l2: bool = True,
                     cuda_graph: bool = False, keep_memory: bool = True, threads: int | None = None,
-                    summary: bool = True) -> list[ThroughputRow]:
+                    summary: bool = True, timeout: float | None = None) -> list[ThroughputRow]:
     """Sweep `variants` over `preset` on `device` into `run`'s throughput.csv; return the rows written now.
 
     Units the run already holds (a --resume) are not measured again. keep_memory keeps glibc from unmapping
     freed blocks (see bench.timing.keep_freed_memory). threads: torch CPU threads, None for
     :func:`choose_threads`'s choice; torch's setting is restored afterwards. Prints the summary table at the
-    end when `summary`.
+    end when `summary`. timeout: seconds per unit (None: the device's default, UNIT_TIMEOUT_S; 0: none).
     """
     if not variants:
         raise UserError("no variants to measure.")
@@ -564,32 +661,42 @@ def throughput_into(run: Run, variants: Sequence[Variant], device: torch.device,
     n_threads, why = choose_threads(device, threads)
     torch.set_num_threads(n_threads)
     try:
-        return _sweep(run, variants, device, preset, ops, dtypes, shapes, flush_l2, cuda_graph, keep_memory,
-                      f"{n_threads} ({why})", summary)
+        limit = UNIT_TIMEOUT_S[device.type] if timeout is None else timeout
+        with memory_limit(device) as memory:
+            return _sweep(run, variants, device, preset, ops, dtypes, shapes, flush_l2, cuda_graph, keep_memory,
+                          f"{n_threads} ({why})", summary, limit, memory)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _sweep(run: Run, variants: Sequence[Variant], device: torch.device, preset: ThroughputPreset,
            ops: Sequence[str] | None, dtypes: Sequence[str] | None, shapes: Sequence[tuple[int, int]] | None,
-           flush_l2: bool, cuda_graph: bool, keep_memory: bool, threads: str, summary: bool) -> list[ThroughputRow]:
+           flush_l2: bool, cuda_graph: bool, keep_memory: bool, threads: str, summary: bool,
+           timeout: float, memory: str) -> list[ThroughputRow]:
     allocator = keep_freed_memory() if (keep_memory and device.type == "cpu") else "system allocator defaults"
     run.info.setdefault("throughput", {})[str(device)] = {
         "preset": preset.name, "allocator": allocator, "l2_flush": flush_l2, "cuda_graph": cuda_graph,
-        "threads": threads}
+        "threads": threads, "unit_timeout_s": timeout, "memory_limit": memory}
     run.save_info()
-    sweep = _Sweep(run, variants, device, preset, flush_l2, cuda_graph)
+    sweep = _Sweep(run, variants, device, preset, flush_l2, cuda_graph, timeout)
     units = plan(preset, [v.name for v in variants], ops, dtypes, shapes)
-    todo = [(u, missing) for u in units if (missing := sweep.missing(u)) is not None]
+    todo = [u for u in units if not sweep.done(u)]
     log(f"throughput: {len(todo)} of {len(units)} units to measure on {device} (preset {preset.name}, "
         f"allocator: {allocator}; torch threads: {threads}) into {run.path}")
     if todo:
+        log(f"throughput: estimate {estimate_seconds(todo, device) / 60:.1f} min for {len(todo)} units (timer "
+            f"budgets; compile time and long calls come on top; measured figure after the first units)")
         sweep.overhead = timer_overhead(device, preset.timer, flush_l2=flush_l2).median
     written: list[ThroughputRow] = []
-    for u, missing in each(todo, desc="throughput", describe=lambda item: item[0].label()):
+    start, checkpoint = time.perf_counter(), max(3, len(todo) // 10)
+    for k, u in enumerate(each(todo, desc="throughput", describe=Unit.label), 1):
         rows = sweep.measure(u)
         run.append(*rows)
         written += [r for r in rows if isinstance(r, ThroughputRow)]
+        if k == checkpoint < len(todo):
+            per_unit = (time.perf_counter() - start) / k
+            log(f"throughput: measured {per_unit:.2f} s per unit over {k} units: about "
+                f"{per_unit * (len(todo) - k) / 60:.1f} min left")
         # No gc.collect() per unit: with torch loaded it costs ~0.4 s here, and refcounting already frees
         # each unit's tensors when measure() returns (classify_failure collects after an OOM).
     if summary:
@@ -621,8 +728,11 @@ def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block
         df = df[df["device"] == device]
     if df.empty:
         return "no throughput rows."
+    from bench.targets import measured  # the rows a GB/s or a speedup may come from (never a wrong unit's)
+
     variants = sorted(df["variant"].unique(), key=lambda name: (name != BASELINE, name))
     value = {(r.variant, r.op, r.rows, r.cols, r.dtype, r.metric): r for r in df.itertuples(index=False)}
+    trusted = {(r.variant, r.op, r.rows, r.cols, r.dtype, r.metric): r for r in measured(df).itertuples(index=False)}
     cells: dict[str, dict[tuple[int, int, str], dict[str, str]]] = {}
     for (var, op, rows, cols, dtype, metric), r in value.items():
         if metric != "median_s":
@@ -630,7 +740,7 @@ def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block
         if r.status != "ok":
             text = r.status
         else:
-            gbps, roof, speed = (_ok_value(value, (var, op, rows, cols, dtype, name))
+            gbps, roof, speed = (_ok_value(trusted, (var, op, rows, cols, dtype, name))
                                  for name in ("gbps", "roofline_frac", "speedup_vs_torch"))
             text = (f"{gbps:.3g}" if gbps is not None else "?") + " "
             text += (f"{roof:.0%}" if roof is not None else "?") + " "
@@ -687,6 +797,10 @@ def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block
     bad = df[(df["metric"] == "median_s") & (df["status"] != "ok")]
     if not bad.empty:
         lines.append("not measured: " + ", ".join(f"{s} {n}" for s, n in bad["status"].value_counts().items()))
+    # a wrong output or a timeout is a finding about the variant, not about the machine: say each one and why
+    for r in bad[bad["status"].isin(["wrong", "timeout"])].head(20).itertuples(index=False):
+        why = " ".join(str(r.message).split())[:200]
+        lines.append(f"  {r.status}: {r.variant} {r.op} {r.rows}x{r.cols} {r.dtype} on {r.device}: {why}")
     return "\n".join(lines)
 
 
@@ -705,7 +819,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--preset", help=f"one of {', '.join(THROUGHPUT_PRESETS)} (default: quick with --quick, "
-                                         f"gpu on cuda, default otherwise)")
+                                         f"gpu-quick with --quick on cuda, gpu on cuda, default otherwise)")
     parser.add_argument("--op", action="append", metavar="OP",
                         help=f"replace the preset's ops (repeatable): {', '.join(THROUGHPUT_OPS)}")
     parser.add_argument("--dtype", action="append", metavar="DTYPE",
@@ -723,10 +837,11 @@ def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
 
 def run_throughput(args: argparse.Namespace) -> int:
     device = device_from(args)
-    name = args.preset or ("quick" if args.quick else "gpu" if device.type == "cuda" else "default")
-    if args.quick and args.preset and args.preset != "quick":
-        raise UserError(f"--quick asks for the quick preset but --preset says {args.preset!r}; give one of them.")
-    preset = pick("throughput preset", THROUGHPUT_PRESETS, name)
+    default = QUICK[device.type]["throughput"] if args.quick else FULL[device.type]
+    if args.quick and args.preset and args.preset != default:
+        raise UserError(f"--quick asks for the {default} preset but --preset says {args.preset!r}; give one of "
+                        f"them.")
+    preset = pick("throughput preset", THROUGHPUT_PRESETS, args.preset, default=str(default))
     for op in args.op or ():
         if op not in OPS:
             raise UserError(f"unknown op {op!r}; known ops: {', '.join(OPS)}.")
@@ -740,13 +855,14 @@ def run_throughput(args: argparse.Namespace) -> int:
         raise UserError("--cuda-graph needs a CUDA device (--device cuda).")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: give a positive number of threads.")
-    variants = select_variants(args.variant)
+    variants = chosen_variants(args)
+    timeout = timeout_from(args)
     overrides = {"ops": args.op, "dtypes": dtypes, "shapes": shapes, "threads": args.threads}
     run = open_run(args, {"throughput": as_dict(preset), "overrides": overrides})
     print(f"run folder: {run.path}", file=sys.stderr)
     throughput_into(run, variants, device, preset, ops=args.op, dtypes=dtypes, shapes=shapes,
                     flush_l2=not args.no_l2_flush, cuda_graph=args.cuda_graph, keep_memory=not args.system_malloc,
-                    threads=args.threads)
+                    threads=args.threads, timeout=timeout)
     print(f"rows in {run.csv_path(TABLE)}")
     return 0
 

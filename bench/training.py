@@ -60,9 +60,10 @@ import torch
 from bench import UserError, progress
 from bench.data import FashionMNIST
 from bench.devices import dtype_name, dtype_skip_reason, parse_dtype, sync
-from bench.harness import add_common_arguments, classify_failure, device_from, open_run, select_variants
-from bench.presets import FASHION_LABELS, NUM_PREDICTIONS, REGIMES, Regime, pick
+from bench.harness import add_common_arguments, chosen_variants, classify_failure, device_from, open_run, timeout_from
+from bench.presets import FASHION_LABELS, NUM_PREDICTIONS, REGIMES, TRAIN_TIMEOUT_S, Regime, pick
 from bench.results import PredictionRow, Run, TrainingRow
+from bench.sandbox import UnitTimeout, contained, deadline
 from softmax_impls import Variant
 
 NUM_INPUTS = 28 * 28
@@ -391,14 +392,16 @@ def results_from_run(run: Run, device: str | None = None) -> dict[tuple[str, str
 def train_into(run: Run, variants: Sequence[Variant], regimes: Sequence[str | Regime], device: torch.device,
                seed: int = 0, epochs: int | None = None, quick: bool = False, dtype: torch.dtype | None = None,
                lr: float | None = None, batch_size: int | None = None,
-               dataset: FashionMNIST | None = None) -> list[TrainResult]:
+               dataset: FashionMNIST | None = None, timeout: float | None = None) -> list[TrainResult]:
     """Train every (regime, dtype, variant) into `run`; see the module docstring. Never raises for a run
-    that fails: it becomes a TrainResult (and rows) with status error/oom/skipped."""
+    that fails: it becomes a TrainResult (and rows) with status error/oom/skipped, or timeout past `timeout`
+    seconds (None: TRAIN_TIMEOUT_S; 0: no limit)."""
     from bench import data as data_module
 
     plans = [effective_regime(r if isinstance(r, Regime) else pick("regime", REGIMES, r), epochs, quick, lr,
                               batch_size) for r in regimes]
     ds = dataset if dataset is not None else data_module.load()
+    data_module.record(run, ds)  # run.json names the copy that trained: its folder and the files' sha256
     stored = results_from_run(run, str(device))
     results: list[TrainResult] = []
     for regime in plans:
@@ -421,9 +424,14 @@ def train_into(run: Run, variants: Sequence[Variant], regimes: Sequence[str | Re
                             run.append(*(_row(res, int(stats["epoch"]), m, stats[m])
                                          for m in ("train_loss", "train_acc", "test_acc")))
 
-                        result = train_one(variant, regime, prepared, device, dt, seed,
-                                           images=ds.test_images[:NUM_PREDICTIONS], on_epoch=write_epoch)
-                    except Exception as exc:  # one failing run is a row; the sweep goes on
+                        with deadline(TRAIN_TIMEOUT_S if timeout is None else timeout, "training run"):
+                            result = train_one(variant, regime, prepared, device, dt, seed,
+                                               images=ds.test_images[:NUM_PREDICTIONS], on_epoch=write_epoch)
+                    except UnitTimeout as exc:
+                        result.status, result.message = "timeout", str(exc)
+                    except BaseException as exc:  # one failing run (even a sys.exit) is a row; the sweep goes on
+                        if not contained(exc):
+                            raise
                         status, message = classify_failure(exc)
                         result.status, result.message = status, message
                 else:
@@ -500,7 +508,8 @@ def run_train(args: argparse.Namespace) -> int:
     regimes = _regime_names(args.regime)
     device = device_from(args)
     dtype = parse_dtype(args.dtype) if args.dtype else None
-    variants = select_variants(args.variant)
+    variants = chosen_variants(args)
+    timeout = timeout_from(args)
     from bench import data as data_module
 
     ds = data_module.load()  # before the run folder: missing data should not leave an empty run behind
@@ -510,7 +519,7 @@ def run_train(args: argparse.Namespace) -> int:
                                        "dtype": args.dtype}})
     progress.log(f"softmax-bench train: writing to {run.path}")
     results = train_into(run, variants, regimes, device, seed=args.seed, epochs=args.epochs, quick=args.quick,
-                         dtype=dtype, lr=args.lr, batch_size=args.batch_size, dataset=ds)
+                         dtype=dtype, lr=args.lr, batch_size=args.batch_size, dataset=ds, timeout=timeout)
     table = format_table(results)
     if args.json:
         print(table, file=sys.stderr)

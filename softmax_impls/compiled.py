@@ -3,9 +3,10 @@ into a row-local buffer, scale and store) and one Triton kernel on CUDA.
 
 Compilation is lazy: the first call for a (function, dtype, grad mode) compiles, which takes seconds; the
 throughput harness times that first call on its own and never inside a timed region. The functions are
-compiled with dynamic shapes, so one compiled kernel serves every row length and batch: a sweep over many
-shapes compiles once instead of once per shape (a static compile measured no faster here) and never hits
-dynamo's recompile limit, past which it would silently fall back to eager.
+compiled with dynamic shapes on CPU, so one compiled kernel serves every row length and batch: a sweep over
+many shapes compiles once instead of once per shape (a static compile measured no faster here) and never hits
+dynamo's recompile limit, past which it would silently fall back to eager. On CUDA one function per row
+length (its own dynamo cache), since Triton's block sizes follow the row length of the first call.
 
 Bytes moved, softmax forward: read M*N + write M*N elements; the row stays in cache between its passes.
 
@@ -100,7 +101,13 @@ def _call(fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
         raise RuntimeError("not measured: torch.compile'd kernels run below the dispatcher, where the op-level "
                            "memory tracker sees nothing")
     grad = x.requires_grad and torch.is_grad_enabled()
-    # dynamic shapes: one compiled kernel serves every row length and batch of a (dtype, grad mode)
+    if x.is_cuda:
+        # Inductor sizes a Triton reduction's blocks from the row length it first sees: with one kernel for
+        # every length, a sweep that starts at 256x10 would run 262144-long rows with 10-sized blocks and
+        # blame torch.compile for the harness. So one compiled function per row length (batch dynamic).
+        return inductor.compiled(fn, dynamic=None, key=(x.dtype, grad, x.shape[-1]))(*args)
+    # CPU: dynamic shapes, one compiled kernel for every row length and batch of a (dtype, grad mode)
+    # (Inductor's C++ loops take the length at run time; a static compile measured no faster)
     return inductor.compiled(fn, dynamic=True, key=(x.dtype, grad))(*args)
 
 

@@ -65,9 +65,17 @@ LOG2E = 1.4426950408889634  # exp(t) = 2^(t·log2 e)
 
 def narrow_shift(x: Tensor) -> Tensor | None:
     """The one shift every row of x (float32, contiguous [M, C]) can use, a 0-d tensor (0 when none is
-    needed); None when x needs the general path."""
+    needed); None when x needs the general path.
+
+    On CUDA, a per-row shift [M, 1] (the row max; 0 for an all -inf row) chosen on the device: the shared
+    shift needs the range on the host, a sync inside every call that also breaks CUDA-graph capture, and a
+    GPU computes the row max of a 10-element row in the same pass anyway. nan and +inf rows come out nan
+    through the arithmetic itself (x - inf, exp(nan)), as the reference says."""
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] > MAX_COLS or x.numel() == 0:
         return None
+    if x.is_cuda:
+        m = x.amax(1, keepdim=True)
+        return torch.where(m == float("-inf"), torch.zeros_like(m), m)
     lo, hi = torch.aminmax(x)
     lo_v, hi_v = lo.item(), hi.item()  # nan and +-inf fail the comparisons below
     if not (hi_v - lo_v <= SPAN):
@@ -104,7 +112,8 @@ def _ce_forward(x: Tensor, target: Tensor, shift: Tensor) -> tuple[Tensor, Tenso
     x_t = x.gather(1, target.unsqueeze(1)).squeeze(1)
     # (shift - x[t]) + log s, the fused form, assembled in float64 on these [M] vectors: with shift 0, log s is
     # as large as x[t] (up to 20) and the float32 difference would lose digits of a small loss.
-    loss = (shift.double() - x_t.double()) + torch.log(s.double())
+    shift_rows = shift.reshape(-1) if shift.dim() else shift  # [M, 1] (CUDA) or 0-d (CPU)
+    loss = (shift_rows.double() - x_t.double()) + torch.log(s.double())
     return e, s, loss.float()
 
 

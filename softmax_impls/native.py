@@ -1,42 +1,55 @@
-"""Hand-written C kernels (AVX-512) for float32 softmax, log-softmax and cross-entropy, forward and backward.
+"""Hand-written C kernels (AVX-512 or AVX2) for float32, bfloat16 and float16 softmax, log-softmax and
+cross-entropy, forward and backward.
 
 The C source, softmax_impls/native_kernels.c, is compiled on first use with the system C compiler for THIS
-CPU (``-O3 -march=native``) into a cache folder and loaded with ctypes; autograd.Functions here call it with
-raw data pointers. Build failures never raise at import: the variant stays registered and
-``unavailable(device)`` gives the one-line reason, so every study records it as ``skipped``.
+CPU into a cache folder and loaded with ctypes; autograd.Functions here call it with raw data pointers.
+Build failures never raise at import: the variant stays registered and ``unavailable(device)`` gives the
+one-line reason, so every study records it as ``skipped``.
 
     >>> import softmax_impls; v = softmax_impls.get("native")
-    >>> v.softmax(torch.randn(4096, 4096))          # the first call compiles (about a second), later ones load
+    >>> v.softmax(torch.randn(4096, 4096))          # the first call compiles (a few seconds), later ones load
     >>> v.cross_entropy(logits, target)              # per-sample loss, differentiable
+
+ISA paths (one source, compiled per path; see the C file's header): ``avx512`` (``-march=native``, needs
+AVX-512 F/BW/VL/DQ) and ``avx2`` (``-march=native -mno-avx512f``, needs AVX2, FMA and F16C: any x86-64 from
+Haswell on). The path is chosen at run time from the CPU's flags, the widest it supports;
+``SOFTMAX_BENCH_NATIVE_ISA=avx2`` (or ``avx512``) forces one, and :func:`select_isa` switches in-process
+(the tests run both). :func:`isa` names the path the variant runs on (``softmax-bench list`` and run.json
+show it).
 
 Environment: ``SOFTMAX_BENCH_CC`` (else ``CC``, else ``cc``) names the compiler; ``SOFTMAX_BENCH_CACHE``
 (else ``$XDG_CACHE_HOME/softmax-bench``, else ``~/.cache/softmax-bench``) the cache folder. The library's
-file name is a hash of the source, the flags, the compiler's version, the OpenMP runtime it links and the
-CPU's model and flags, and it is written under a temporary name and renamed, so two processes never load a
-half-written file.
+file name is a hash of the source, the flags (so the ISA path), the compiler's version, the OpenMP runtime
+it links and the CPU's model and flags, and it is written under a temporary name and renamed, so two
+processes never load a half-written file.
 
 Threads: exactly ``torch.get_num_threads()`` at call time (the benchmark sets it), as OpenMP threads of the
 libgomp that torch itself loaded: the build links that very file, so the kernels share torch's thread pool.
 Where torch loaded no libgomp, the kernels are built without OpenMP and run on the calling thread.
 
-Passes and bytes (M rows of N float32; "from cache" = a block read a moment before, in L1/L2, not DRAM):
-  softmax fwd      rows in 16 KiB blocks, one software pipeline: the next block's max (its first read: DRAM,
-                   prefetched one block ahead into L2), e = exp(x - m_block) of this block into a per-thread
-                   scratch row with its sum (from cache), and y = e * e^(m_block - M) / S for the same block of
-                   the previous row, read from scratch just before it is overwritten. DRAM: read x, write y
-                   (streamed past the cache when y >= 8 MiB: no read-for-ownership), both at once, like a
-                   copy: 2MN*4.
-  log_softmax fwd  max (DRAM); s' = sum exp(x - shift) (from cache); y = (x - shift) - log1p(s'): 2MN*4.
-  softmax bwd      dot = sum(dy * y); dx = y * (dy - dot) (y, dy again from cache): 3MN*4.
-  ce fwd           max (DRAM); s' (from cache); loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s')
-                   [M] each for the backward: MN*4 + 8M (targets) + 12M.
-  ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: 2MN*4 + 20M.
-Rows of at most 32 elements (the chapter's 65536x10) run 16 rows at a time, one row per lane (see the C
-file), so the exp is vectorised across rows instead of running a 10-element loop per row.
+dtypes: float32, bfloat16 and float16 rows are read and written in their own dtype and computed in float32
+(half precision converted in registers, rounded back to nearest even once), so a bfloat16 softmax moves
+half the bytes of a float32 one. float64 falls back to torch's own fused kernels (torch.softmax,
+torch.log_softmax, F.cross_entropy).
 
-float32 runs in C; float16/bfloat16 inputs run through the float32 kernels and are cast back; float64
-falls back to torch's own fused kernels (torch.softmax, torch.log_softmax, F.cross_entropy).
+Passes and bytes (M rows of N elements of e bytes; "from cache" = a block read a moment before, in L1/L2,
+not DRAM):
+  softmax fwd      rows in blocks of 4096, one software pipeline: the next block's max (its first read: DRAM,
+                   prefetched one block ahead into L2), e = exp(x - m_block) of this block into a per-thread
+                   float32 scratch row with its sum (from cache), and y = e * e^(m_block - M) / S for the same
+                   block of the previous row, read from scratch just before it is overwritten. DRAM: read x,
+                   write y (streamed past the cache when y >= 8 MiB: no read-for-ownership), both at once,
+                   like a copy: 2MNe.
+  log_softmax fwd  max (DRAM); s' = sum exp(x - shift) (from cache); y = (x - shift) - log1p(s'): 2MNe.
+  softmax bwd      dot = sum(dy * y); dx = y * (dy - dot) (y, dy again from cache): 3MNe.
+  ce fwd           max (DRAM); s' (from cache); loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s')
+                   [M] each, float32, for the backward: MNe + 8M (targets) + M(e + 8).
+  ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: 2MNe + M(16 + e).
+Rows of at most 16 elements (8 on the avx2 path; the chapter's 65536x10) run 16 (8) rows at a time, one
+row per lane (see the C file), so the exp is vectorised across rows instead of running a 10-element loop
+per row.
 """
+
 
 from __future__ import annotations
 
@@ -63,20 +76,29 @@ Tensor = torch.Tensor
 SOURCE = Path(__file__).with_name("native_kernels.c")
 CC_ENV = "SOFTMAX_BENCH_CC"
 CACHE_ENV = "SOFTMAX_BENCH_CACHE"
+ISA_ENV = "SOFTMAX_BENCH_NATIVE_ISA"
 # No -ffast-math: it would let the compiler assume no inf/nan, and the kernels' special values rely on them.
 FLAGS = ("-O3", "-march=native", "-fPIC", "-std=gnu11")
+# The ISA paths, widest first: the extra compiler flags of each and the CPU flags (/proc/cpuinfo) it needs.
+ISA_FLAGS: dict[str, tuple[str, ...]] = {"avx512": (), "avx2": ("-mno-avx512f",)}
+ISA_NEEDS: dict[str, tuple[str, ...]] = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+                                         "avx2": ("avx2", "fma", "f16c")}
+# The C kernels' element-type codes (enum dtype in native_kernels.c).
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 BUILD_TIMEOUT_S = 120
 
 _VP, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
-    "native_softmax_fwd": ([_VP, _VP, _I64, _I64, _INT, _INT], _INT),
-    "native_softmax_bwd": ([_VP, _VP, _VP, _I64, _I64, _INT, _INT], _INT),
-    "native_ce_fwd": ([_VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT], _I64),
-    "native_ce_bwd": ([_VP, _VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT], _INT),
+    "native_softmax_fwd": ([_VP, _VP, _I64, _I64, _INT, _INT, _INT], _INT),
+    "native_softmax_bwd": ([_VP, _VP, _VP, _I64, _I64, _INT, _INT, _INT], _INT),
+    "native_ce_fwd": ([_VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT, _INT], _I64),
+    "native_ce_bwd": ([_VP, _VP, _VP, _VP, _VP, _VP, _I64, _I64, _INT, _INT], _INT),
     "native_exp": ([_VP, _VP, _I64], None),
-    "native_exp_nonpos": ([_VP, _VP, _I64], None),
+    "native_exp_nonpos": ([_VP, _VP, _I64, _INT], None),
     "native_log1p": ([_VP, _VP, _I64], None),
+    "native_convert": ([_VP, _VP, _I64, _INT, _INT], None),
     "native_openmp": ([], _INT),
+    "native_isa": ([], ctypes.c_char_p),
     "native_stream_copy": ([_VP, _VP, _I64, _INT], None),
 }
 
@@ -110,6 +132,63 @@ def torch_openmp_runtime() -> str | None:
     return None
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where there is no /proc)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def supported_isas(flags: set[str] | None = None) -> list[str]:
+    """The ISA paths this CPU can run, widest first."""
+    flags = cpu_flags() if flags is None else flags
+    return [name for name, needs in ISA_NEEDS.items() if all(f in flags for f in needs)]
+
+
+_isa_override: list[str | None] = [None]
+
+
+def select_isa(name: str | None) -> None:
+    """Run the kernels on this ISA path from now on in this process (None: back to $SOFTMAX_BENCH_NATIVE_ISA
+    or the CPU's widest). Both paths' libraries stay loaded; the choice is made at each call."""
+    if name is not None and name not in ISA_FLAGS:
+        raise ValueError(f"unknown ISA path {name!r}; choose one of {', '.join(ISA_FLAGS)}")
+    _isa_override[0] = name
+
+
+def isa() -> str:
+    """The ISA path the kernels run on: select_isa's, else $SOFTMAX_BENCH_NATIVE_ISA's, else the widest this
+    CPU supports. BuildError when the asked-for path is unknown or this CPU cannot run it."""
+    asked = _isa_override[0] or os.environ.get(ISA_ENV, "").strip().lower() or None
+    supported = supported_isas()
+    if asked is None:
+        if not supported:
+            raise BuildError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 + FMA + F16C")
+        return supported[0]
+    if asked not in ISA_FLAGS:
+        raise BuildError(f"${ISA_ENV}={asked!r} is not an ISA path; use one of {', '.join(ISA_FLAGS)}")
+    if asked not in supported:
+        missing = [f for f in ISA_NEEDS[asked] if f not in cpu_flags()]
+        raise BuildError(f"${ISA_ENV}={asked}: this CPU lacks {', '.join(missing)}")
+    return asked
+
+
+def isa_description() -> str:
+    """One line for run metadata: the path and how it was chosen, or why there is none."""
+    try:
+        path = isa()
+    except BuildError as exc:
+        return f"none ({exc})"
+    how = ("forced in-process" if _isa_override[0] else f"forced by ${ISA_ENV}" if os.environ.get(ISA_ENV)
+           else f"the widest of {'/'.join(supported_isas())} this CPU supports")
+    return f"{path} ({how})"
+
+
 def _cpu_signature() -> str:
     """The CPU's model and feature flags: -march=native code must not be reused on another CPU (a shared home)."""
     try:
@@ -128,8 +207,10 @@ def _first_error(text: str) -> str:
     return lines[0] if lines else "(no message)"
 
 
-def build(cc: list[str] | None = None, out_dir: Path | None = None) -> Path:
-    """Compile the kernels (unless the cache holds them) and return the library's path; BuildError otherwise."""
+def build(cc: list[str] | None = None, out_dir: Path | None = None, isa_path: str | None = None) -> Path:
+    """Compile the kernels for one ISA path (default: :func:`isa`) unless the cache holds them, and return the
+    library's path; BuildError otherwise."""
+    isa_path = isa_path or isa()
     cc = cc or compiler()
     if not cc or shutil.which(cc[0]) is None:
         raise BuildError(f"no C compiler: {' '.join(cc) or '(empty)'!r} not found (set ${CC_ENV} to one)")
@@ -139,12 +220,12 @@ def build(cc: list[str] | None = None, out_dir: Path | None = None) -> Path:
     except (OSError, subprocess.SubprocessError) as exc:
         raise BuildError(f"C compiler {' '.join(cc)!r} does not run: {exc}") from exc
     gomp = torch_openmp_runtime()
-    flags = [*FLAGS, *(["-fopenmp"] if gomp else [])]
+    flags = [*FLAGS, *ISA_FLAGS[isa_path], *(["-fopenmp"] if gomp else [])]
     link = [gomp, f"-Wl,-rpath,{os.path.dirname(gomp)}"] if gomp else []
     key = hashlib.sha256(b"\0".join([source, " ".join(cc + flags + link).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()
     out_dir = out_dir or cache_dir()
-    target = out_dir / f"native_kernels-{key[:16]}.so"
+    target = out_dir / f"native_kernels-{isa_path}-{key[:16]}.so"
     if target.exists():
         return target
     try:
@@ -174,22 +255,25 @@ def load(path: Path) -> ctypes.CDLL:
 
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}
+_state: dict[str, ctypes.CDLL | BuildError] = {}
 
 
-def library() -> ctypes.CDLL:
-    """The loaded kernels, built on first use; BuildError (cached, so a failure is not retried) otherwise."""
+def library(isa_path: str | None = None) -> ctypes.CDLL:
+    """The loaded kernels of one ISA path (default: :func:`isa`), built on first use; BuildError (cached per
+    path, so a failure is not retried) otherwise."""
+    isa_path = isa_path or isa()
     with _lock:
-        if "lib" not in _state and "error" not in _state:
+        if isa_path not in _state:
             try:
-                _state["lib"] = load(build())
+                _state[isa_path] = load(build(isa_path=isa_path))
             except BuildError as exc:
-                _state["error"] = str(exc)
+                _state[isa_path] = BuildError(str(exc))
             except OSError as exc:  # ctypes could not load what was built
-                _state["error"] = f"loading the built kernels failed: {exc}"
-        if "error" in _state:
-            raise BuildError(str(_state["error"]))
-        return _state["lib"]  # type: ignore[return-value]
+                _state[isa_path] = BuildError(f"loading the built kernels failed: {exc}")
+        lib = _state[isa_path]
+        if isinstance(lib, BuildError):
+            raise BuildError(str(lib))
+        return lib  # type: ignore[return-value]
 
 
 def unavailable(device: torch.device) -> str | None:
@@ -225,23 +309,24 @@ def _checked(status: int) -> None:
 
 
 def _softmax_rows(x: Tensor, log: bool) -> Tensor:
-    """softmax / log_softmax of a contiguous float32 [M, N], no autograd."""
+    """softmax / log_softmax of a contiguous [M, N] float32/bfloat16/float16 tensor, no autograd."""
     y = torch.empty_like(x)
     if x.numel():
         _checked(library().native_softmax_fwd(x.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], int(log),
-                                              _threads()))
+                                              DTYPE_CODES[x.dtype], _threads()))
     return y
 
 
 def _ce_rows(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """(loss [M], stats [2M] = per-row shift, then log1p(s')) of contiguous float32 logits and int64 targets."""
+    """(loss [M] in the logits' dtype, stats [2M] float32 = per-row shift, then log1p(s')) of contiguous
+    logits and int64 targets."""
     m, n = logits.shape
-    loss = torch.empty(m, dtype=torch.float32)
+    loss = torch.empty(m, dtype=logits.dtype)
     stats = torch.empty(2 * m, dtype=torch.float32)
     if m:
         s = stats.data_ptr()
         bad = library().native_ce_fwd(logits.data_ptr(), target.data_ptr(), loss.data_ptr(), s, s + 4 * m, m, n,
-                                      _threads())
+                                      DTYPE_CODES[logits.dtype], _threads())
         _checked(bad)
         if bad:
             raise IndexError(f"cross_entropy: {bad} target(s) outside [0, {n})")
@@ -250,7 +335,7 @@ def _ce_rows(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 class _Softmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, log: bool) -> Tensor:  # x: contiguous float32 [M, N]
+    def forward(ctx, x: Tensor, log: bool) -> Tensor:  # x: contiguous [M, N] of a kernel dtype
         y = _softmax_rows(x, log)
         ctx.save_for_backward(y)
         ctx.log = log
@@ -260,17 +345,17 @@ class _Softmax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
-        dy = dy.to(torch.float32).contiguous()  # a sum's gradient arrives expanded (stride 0)
+        dy = dy.to(y.dtype).contiguous()  # a sum's gradient arrives expanded (stride 0)
         dx = torch.empty_like(y)
         if y.numel():
             _checked(library().native_softmax_bwd(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.shape[0], y.shape[1],
-                                                  int(ctx.log), _threads()))
+                                                  int(ctx.log), DTYPE_CODES[y.dtype], _threads()))
         return dx, None
 
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits contiguous float32 [M, N], target int64
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits contiguous [M, N], target int64
         loss, stats = _ce_rows(logits, target)
         ctx.save_for_backward(logits, target, stats)
         return loss
@@ -279,12 +364,12 @@ class _CrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
         logits, target, stats = ctx.saved_tensors
-        g = g.to(torch.float32).contiguous()
+        g = g.to(logits.dtype).contiguous()
         dx = torch.empty_like(logits)
         if logits.numel():
             m, s = logits.shape[0], stats.data_ptr()
             _checked(library().native_ce_bwd(logits.data_ptr(), target.data_ptr(), s, s + 4 * m, g.data_ptr(),
-                                              dx.data_ptr(), *logits.shape, _threads()))
+                                              dx.data_ptr(), *logits.shape, DTYPE_CODES[logits.dtype], _threads()))
         return dx, None
 
 
@@ -295,14 +380,20 @@ def _check_device(x: Tensor) -> None:
         raise ValueError(f"native kernels run on CPU tensors only, not {x.device}")
 
 
+def _kernel_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the kernels run x in: its own where they have one, else float32."""
+    return x.dtype if x.dtype in DTYPE_CODES else torch.float32
+
+
 def _rowwise(x: Tensor, dim: int, log: bool) -> Tensor:
     _check_device(x)
     if x.dtype == torch.float64:  # documented fallback: torch's fused kernels
         return torch.log_softmax(x, dim) if log else torch.softmax(x, dim)
     apply = _Softmax.apply if torch.is_grad_enabled() and x.requires_grad else _softmax_rows
-    if x.dim() == 2 and dim in (-1, 1) and x.dtype == torch.float32 and x.is_contiguous():
+    if x.dim() == 2 and dim in (-1, 1) and x.dtype in DTYPE_CODES and x.is_contiguous():
         return apply(x, log)  # the common case without the reshuffling below (a few us per call)
-    return along_rows(lambda rows: apply(rows.to(torch.float32).contiguous(), log).to(x.dtype), x, dim)
+    kd = _kernel_dtype(x)
+    return along_rows(lambda rows: apply(rows.to(kd).contiguous(), log).to(x.dtype), x, dim)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -320,7 +411,7 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
                          f"{list(target.shape)}")
     if logits.dtype == torch.float64:
         return F.cross_entropy(logits, target, reduction="none")
-    x, t = logits.to(torch.float32).contiguous(), target.to(torch.int64).contiguous()
+    x, t = logits.to(_kernel_dtype(logits)).contiguous(), target.to(torch.int64).contiguous()
     if torch.is_grad_enabled() and logits.requires_grad:
         loss = _CrossEntropy.apply(x, t)
     else:
@@ -328,18 +419,28 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return loss.to(logits.dtype)
 
 
+def _summary() -> str:
+    try:
+        path = isa()
+    except BuildError as exc:
+        path = f"no path: {exc}"
+    return (f"hand-written C kernels built on first use for this CPU, {path} path (AVX-512 or AVX2, chosen at "
+            f"run time), float32/bfloat16/float16 in their own dtype, torch's OpenMP threads")
+
+
 variant = Variant(
     name="native",
-    summary="hand-written AVX-512 C kernels built on first use for this CPU (-march=native), torch's OpenMP threads",
+    summary=_summary(),
     softmax=softmax,
     cross_entropy=cross_entropy,
     log_softmax=log_softmax,
     devices=("cpu",),
     contract=Contract(
-        # measured: float32 (and half inputs, computed in float32) keep tiny losses through log1p(s'); float64
-        # falls back to torch's fused kernels, where -log(1 + tiny) rounds to 0
+        # measured: float32, bfloat16 and float16 (computed in float32) keep tiny losses through log1p(s');
+        # float64 falls back to torch's fused kernels, where -log(1 + tiny) rounds to 0
         expected_failures={"confident_correct": ("float64",)},
-        notes="fused log-softmax with lse = max + log1p(s') in float32; float64 is torch's fused kernels",
+        notes="fused log-softmax with lse = max + log1p(s') computed in float32 for float32, bfloat16 and "
+              "float16 rows; float64 is torch's fused kernels",
     ),
     unavailable=unavailable,
 )

@@ -1,30 +1,48 @@
-/* Hand-written float32 softmax, log-softmax and cross-entropy kernels (forward and backward) for x86-64
- * CPUs with AVX-512F, loaded by softmax_impls/native.py through ctypes. Plain C and intrinsics only (no
- * torch headers), so it compiles in about a second:
+/* Hand-written softmax, log-softmax and cross-entropy kernels (forward and backward) for x86-64 CPUs, on
+ * float32, bfloat16 and float16 rows, loaded by softmax_impls/native.py through ctypes. Plain C and
+ * intrinsics only (no torch headers), so it compiles in a second or two.
  *
- *     cc -O3 -march=native -fPIC -fopenmp -c native_kernels.c && cc -shared ... <torch's libgomp>
+ * ISA paths. The same source is compiled once per path; native.py picks the path at run time from the
+ * CPU's flags (or $SOFTMAX_BENCH_NATIVE_ISA) and builds only that one:
  *
- * Every kernel takes row-major contiguous [m, n] float32 buffers and a thread count. Threads are OpenMP
- * threads of the libgomp that torch itself loaded (native.py links against that very file), so the kernels
- * share torch's thread pool instead of starting a second runtime that would oversubscribe the cores.
+ *     avx512   cc -O3 -march=native ...               AVX-512 F/BW/VL/DQ (Skylake-X, Ice Lake, Zen 4 ...)
+ *     avx2     cc -O3 -march=native -mno-avx512f ...  AVX2 + FMA + F16C (Haswell, Zen 1 and later)
+ *
+ * Everything below the "ISA layer" section is written once against a small set of vector primitives
+ * (vf = W float lanes, vm = a lane mask, vi = W int32 lanes); the layer maps them to 16-lane __m512 or
+ * 8-lane __m256. Masks are __mmask16 on AVX-512 and all-ones lanes of a __m256 on AVX2.
+ *
+ * Element types. Every kernel reads and writes its rows in the tensor's own dtype (float32, bfloat16,
+ * float16) and computes in float32: bfloat16 loads by a 16-bit shift into the high half of a float32 (exact),
+ * float16 by vcvtph2ps (F16C / AVX-512F, exact); results are rounded back once with round-to-nearest-even
+ * (vcvtps2ph for float16; integer rounding for bfloat16, because AVX512-BF16's vcvtneps2bf16 flushes
+ * subnormal results to zero). A kernel body takes its dtype as a compile-time constant: the three
+ * instantiations (run_units_f32, _bf16, _f16) are flattened copies of one body, so the dtype costs no branch.
+ *
+ * Every kernel takes row-major contiguous [m, n] buffers and a thread count. Threads are OpenMP threads of
+ * the libgomp that torch itself loaded (native.py links against that very file), so the kernels share
+ * torch's thread pool instead of starting a second runtime that would oversubscribe the cores.
  *
  * Two layouts of the work:
- *   wide rows   one row at a time, 16 lanes along the row, masked loads/stores for the tail;
- *   narrow rows (n <= NARROW_MAX, at least 16 rows) 16 rows at a time, one row per lane: a 16 x 16
- *               in-register transpose turns the block's rows into lanes, so max, exp and sum run across 16
- *               rows at once instead of in a 10-element loop per row.
+ *   wide rows   one row at a time, W lanes along the row, masked loads/stores for the tail;
+ *   narrow rows (n <= W, at least W rows) W rows at a time, one row per lane: a W x W in-register
+ *               transpose turns the block's rows into lanes, so max, exp and sum run across W rows at once
+ *               instead of in a 10-element loop per row. Half-precision blocks are widened to float32 on the
+ *               stack first (a block is at most 1 KiB).
  *
  * Numerics (the contract in native.py):
  *   - exp: range reduction n = round(x log2 e), r = x - n ln2 (two-constant split), a degree-6 minimax
  *     polynomial, then 2^n: by adding n to the exponent bits on the hot path (x - max >= -86, where the
- *     result is normal), by vscalefps otherwise, which rounds a subnormal result once and correctly;
- *     -inf -> 0, nan -> nan. Within 2 ulp of the correctly rounded result (tests/test_native.py).
+ *     result is normal), by two exact power-of-two multiplications otherwise, which round a subnormal result
+ *     once and correctly; -inf -> 0, nan -> nan. Within 1 ulp of the correctly rounded result
+ *     (tests/test_native.py). Half-precision rows use a degree-4 polynomial (relative error 6e-6, 1/700 of
+ *     bfloat16's unit roundoff and 1/90 of float16's): the exp is what bounds those kernels.
  *   - a row's shift is its max, or 0 when the max is -inf (a fully masked row then gives 0/0 = nan rather
  *     than -inf - -inf inside exp); a row holding nan or +inf gives nan everywhere through its sum.
  *   - log-softmax and the loss use lse = shift + log1p(s'), s' = sum of exp(x - shift) over every element
  *     except one copy of the max (Blanchard, Higham & Higham 2021), so a confident row keeps its tiny loss;
- *     loss = (shift - x[t]) + log1p(s'), never -log of a rounded probability.
- *   - sums run in 32 lanes restarted every CHUNK elements (blocked summation: error ~ (128 + n/CHUNK) u).
+ *     loss = (shift - x[t]) + log1p(s'), never -log of a rounded probability. The same in every dtype.
+ *   - sums run in 2 W lanes restarted every CHUNK elements (blocked summation: error ~ (8 W + n/CHUNK) u).
  *
  * The tuning constants below can be overridden with -D for experiments; their values were measured on a
  * 2-core AMD EPYC (Zen 4) VM.
@@ -34,24 +52,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef __AVX512F__
-#error "softmax-bench native kernels need AVX-512F (this compiler/CPU does not enable it with -march=native)"
-#endif
 #include <immintrin.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#define W 16                /* lanes of a __m512 */
 #ifndef CHUNK
-#define CHUNK 4096          /* elements per block: 16 KiB of float32, stays in L1 between the passes */
+#define CHUNK 4096          /* elements per block: 16 KiB of float32 scratch, stays in L1 between the passes */
 #endif
 #ifndef PF_DIST
-#define PF_DIST CHUNK       /* prefetch distance: one block ahead of the block being read */
-#endif
-#ifndef NARROW_MAX
-#define NARROW_MAX 16       /* rows up to this long take the 16-rows-at-a-time layout */
+#define PF_DIST CHUNK       /* prefetch distance (elements): one block ahead of the block being read */
 #endif
 #ifndef PAR_MIN_WORK
 #define PAR_MIN_WORK 32768  /* fewer elements than this run on the calling thread: a fork costs ~ 5 us */
@@ -59,500 +70,78 @@
 #ifndef STREAM_MIN_BYTES
 #define STREAM_MIN_BYTES (8u << 20)  /* outputs this large bypass the cache (no read-for-ownership) */
 #endif
-
-typedef __m512 vf;
-typedef __m512i vi;
-typedef __mmask16 vm;
-
-/* ---------------------------------------------------------------------------------------------------- */
-/* exp and log1p, 16 lanes                                                                                */
-
-/* 1 + r + c2 r^2 + ... + c6 r^6 ~ e^r, minimax for relative error on |r| <= 1.01 ln2 / 2: 0.08 u before
-   rounding. r comes from x - n ln2 with ln2 = C1 + C2, C1 short enough that n * C1 is exact. */
-static inline vf exp_poly(vf x, vf n) {
-    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    vf p = _mm512_set1_ps(0.0013813144760206342f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.008369418792426586f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.04166845604777336f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16666515171527863f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.4999999403953552f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-}
-
-/* e^x for every x: n = round(x log2 e) and vscalefps for p 2^n, which rounds a subnormal result once and
-   correctly. x is clamped to [-104, 89] first (e^-104 already rounds to 0, e^89 to inf) so that n stays
-   small and r finite; max/min return their second operand when either is nan, so nan passes through. */
-static inline vf vexp(vf x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm512_scalef_ps(exp_poly(x, n), n);
-}
-
-/* e^x for x >= -86 (or x <= 0 with *slow set where not): the hot path. vscalefps and vroundscaleps cost two
-   to four FMAs' worth of issue slots each on this CPU, so this rounds with the 1.5 * 2^23 trick and scales
-   by adding n to the exponent bits, which is exact while p 2^n is a normal number (x >= -86). Lanes below
-   that, or nan, are flagged in *slow: the caller redoes such a (rare) block with vexp. */
-static inline vf vexp_fast(vf x, vm *slow) {
-    const vf magic = _mm512_set1_ps(12582912.0f);
-    *slow |= _mm512_cmp_ps_mask(x, _mm512_set1_ps(-86.0f), _CMP_NGE_UQ);
-    vf t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);  /* n in the low mantissa bits */
-    vf n = _mm512_sub_ps(t, magic);
-    vi bits = _mm512_add_epi32(_mm512_castps_si512(exp_poly(x, n)), _mm512_slli_epi32(_mm512_castps_si512(t), 23));
-    return _mm512_castsi512_ps(bits);
-}
-
-/* e^x for x <= 0 (or nan), checked per vector. */
-static inline vf vexp_nonpos(vf x) {
-    vm slow = 0;
-    vf y = vexp_fast(x, &slow);
-    if (__builtin_expect(slow != 0, 0)) y = _mm512_mask_mov_ps(y, slow, vexp(x));
-    return y;
-}
-
-static inline vf vlog(vf u) {
-    /* u = m 2^e with m in [0.75, 1.5): log u = e ln2 + 2 atanh(f / (2 + f)), f = m - 1 exact (Sterbenz). */
-    vf m = _mm512_getmant_ps(u, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_zero);
-    vf e = _mm512_getexp_ps(u);
-    /* getmant scaled a mantissa in [1.5, 2) down by 2: the exponent goes up by one */
-    e = _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.0f), _CMP_LT_OQ), e, _mm512_set1_ps(1.0f));
-    vf f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
-    vf z = _mm512_div_ps(f, _mm512_add_ps(f, _mm512_set1_ps(2.0f)));  /* |z| <= 0.2 */
-    vf z2 = _mm512_mul_ps(z, z);
-    vf q = _mm512_set1_ps(1.0f / 11.0f);
-    q = _mm512_fmadd_ps(q, z2, _mm512_set1_ps(1.0f / 9.0f));
-    q = _mm512_fmadd_ps(q, z2, _mm512_set1_ps(1.0f / 7.0f));
-    q = _mm512_fmadd_ps(q, z2, _mm512_set1_ps(1.0f / 5.0f));
-    q = _mm512_fmadd_ps(q, z2, _mm512_set1_ps(1.0f / 3.0f));
-    vf z3 = _mm512_mul_ps(z2, z);
-    vf t = _mm512_fmadd_ps(z3, q, z);  /* atanh(z) */
-    vf lo = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), _mm512_add_ps(t, t));
-    vf y = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), lo);
-    /* log 0 = -inf, log inf = inf, log(negative) = nan; nan stays nan through getexp/getmant */
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_EQ_OQ), _mm512_set1_ps(-INFINITY));
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(u, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ), u);
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_set1_ps(NAN));
-    return y;
-}
-
-static inline vf vlog1p(vf s) {
-    /* Goldberg: log1p(s) = s when 1 + s rounds to 1, else log(1 + s) * s / ((1 + s) - 1). The quotient
-       corrects the rounding of 1 + s, so a tiny s keeps its digits. s = -1 gives -inf, nan gives nan. */
-    vf u = _mm512_add_ps(s, _mm512_set1_ps(1.0f));
-    vf d = _mm512_sub_ps(u, _mm512_set1_ps(1.0f));
-    vf y = _mm512_mul_ps(vlog(u), _mm512_div_ps(s, d));
-    /* 1 + s == 1 (tiny s) and s = inf (inf / inf would be nan) both give s itself */
-    vm keep = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ) |
-              _mm512_cmp_ps_mask(s, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
-    return _mm512_mask_mov_ps(y, keep, s);
-}
-
-static inline float first(vf v) { return _mm512_cvtss_f32(v); }
-static inline float sexp(float x) { return first(vexp(_mm512_set1_ps(x))); }
-static inline float slog1p(float x) { return first(vlog1p(_mm512_set1_ps(x))); }
-
-static inline vm tail_mask(int64_t left) { return left >= W ? (vm)0xFFFF : (vm)((1u << left) - 1u); }
-
-/* The shift of a row (or of 16 rows) with max m: m, or 0 where m is -inf. */
-static inline vf shift_of(vf m) {
-    return _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ),
-                              _mm512_setzero_ps());
-}
-
-/* s' -> the argument of log1p: -1 for a fully masked row (lse = -inf), nan for a row whose max is +inf
-   (its inf entries were left out of s' as copies of the max, so the sum alone would not see them). */
-static inline vf fix_rest(vf rest, vf m) {
-    rest = _mm512_mask_mov_ps(rest, _mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ),
-                              _mm512_set1_ps(-1.0f));
-    return _mm512_mask_mov_ps(rest, _mm512_cmp_ps_mask(m, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ),
-                              _mm512_set1_ps(NAN));
-}
-
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1  /* into L2; prefetching into L1 (T0) measured 30% slower from DRAM */
 #endif
-static inline void prefetch(const float *p) { _mm_prefetch((const char *)p, PF_HINT); }
+
+#define INLINE static inline __attribute__((always_inline))
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* wide rows: reductions                                                                                  */
+/* ISA layer: the only place that names __m512 / __m256                                                  */
 
-/* Max of x[0:len), prefetching PF elements ahead (the next block, or the next row: rows are contiguous). */
-static float row_max(const float *x, int64_t len, int64_t pf) {
-    vf a0 = _mm512_set1_ps(-INFINITY), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 4 * W <= len; i += 4 * W) {
-        prefetch(x + i + pf);
-        prefetch(x + i + pf + W);
-        prefetch(x + i + pf + 2 * W);
-        prefetch(x + i + pf + 3 * W);
-        a0 = _mm512_max_ps(a0, _mm512_loadu_ps(x + i));
-        a1 = _mm512_max_ps(a1, _mm512_loadu_ps(x + i + W));
-        a2 = _mm512_max_ps(a2, _mm512_loadu_ps(x + i + 2 * W));
-        a3 = _mm512_max_ps(a3, _mm512_loadu_ps(x + i + 3 * W));
-    }
-    for (; i < len; i += W)
-        a0 = _mm512_max_ps(a0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(len - i), x + i));
-    return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(a0, a1), _mm512_max_ps(a2, a3)));
-}
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define ISA_NAME "avx512"
+#define W 16
+typedef __m512 vf;
+typedef __m512i vi;
+typedef __mmask16 vm;
+typedef __m256i vh;  /* W half-precision values */
 
-/* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1). */
-/* One block of s': returns the sum of exp(x - shift) over the entries != m (NEQ_UQ: a nan entry counts as
-   "not the max", so its nan reaches the sum) and adds the count of entries == m to *ties. With exact = 0
-   the hot-path exp runs and *slow flags a lane that needs the exact one (the caller then redoes the block). */
-static inline vf block_rest(const float *x, int64_t len, vf mv, vf shift, vf *ties, int64_t pf, int exact,
-                            vm *slow) {
-    const vf one = _mm512_set1_ps(1.0f);
-    vf s0 = _mm512_setzero_ps(), s1 = s0, t0 = s0, t1 = s0;
-    int64_t i = 0;
-    for (; i + 2 * W <= len; i += 2 * W) {
-        prefetch(x + i + pf);
-        prefetch(x + i + pf + W);
-        vf x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + W);
-        vm k0 = _mm512_cmp_ps_mask(x0, mv, _CMP_NEQ_UQ), k1 = _mm512_cmp_ps_mask(x1, mv, _CMP_NEQ_UQ);
-        vf e0 = exact ? vexp(_mm512_sub_ps(x0, shift)) : vexp_fast(_mm512_sub_ps(x0, shift), slow);
-        vf e1 = exact ? vexp(_mm512_sub_ps(x1, shift)) : vexp_fast(_mm512_sub_ps(x1, shift), slow);
-        s0 = _mm512_mask_add_ps(s0, k0, s0, e0);
-        s1 = _mm512_mask_add_ps(s1, k1, s1, e1);
-        t0 = _mm512_mask_add_ps(t0, (vm)~k0, t0, one);
-        t1 = _mm512_mask_add_ps(t1, (vm)~k1, t1, one);
-    }
-    for (; i < len; i += W) {
-        vm valid = tail_mask(len - i);
-        vf x0 = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), valid, x + i);
-        vm k0 = _mm512_cmp_ps_mask(x0, mv, _CMP_NEQ_UQ);
-        s0 = _mm512_mask_add_ps(s0, k0 & valid, s0, vexp(_mm512_sub_ps(x0, shift)));
-        t0 = _mm512_mask_add_ps(t0, (vm)~k0 & valid, t0, one);
-    }
-    *ties = _mm512_add_ps(*ties, _mm512_add_ps(t0, t1));
-    return _mm512_add_ps(s0, s1);
-}
+INLINE vf vset(float a) { return _mm512_set1_ps(a); }
+INLINE vf vzero(void) { return _mm512_setzero_ps(); }
+INLINE vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+INLINE vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+INLINE vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+INLINE vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+/* max/min return their second operand when either is nan */
+INLINE vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+INLINE vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+INLINE vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }   /* a b + c */
+INLINE vf vfnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); } /* c - a b */
+#define vcmp(a, b, pred) _mm512_cmp_ps_mask((a), (b), (pred))
+INLINE vf vsel(vm k, vf a, vf b) { return _mm512_mask_mov_ps(b, k, a); }  /* k ? a : b */
+INLINE vf vadd_if(vm k, vf s, vf e) { return _mm512_mask_add_ps(s, k, s, e); }
+INLINE vm m_or(vm a, vm b) { return a | b; }
+INLINE vm m_and(vm a, vm b) { return a & b; }
+INLINE vm m_not(vm a) { return (vm)~a; }
+INLINE int m_any(vm k) { return k != 0; }
+INLINE int m_count(vm k) { return __builtin_popcount((unsigned)k); }
+INLINE vm tail_mask(int64_t left) { return left >= W ? (vm)0xFFFF : (vm)((1u << left) - 1u); }
+INLINE vf vload(const float *p) { return _mm512_loadu_ps(p); }
+INLINE void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
+INLINE void vstream(float *p, vf v) { _mm512_stream_ps(p, v); }
+INLINE vf vload_mask(vm k, const float *p, float fill) { return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), k, p); }
+INLINE void vstore_mask(float *p, vm k, vf v) { _mm512_mask_storeu_ps(p, k, v); }
+INLINE float vsum(vf v) { return _mm512_reduce_add_ps(v); }
+INLINE float vmaxr(vf v) { return _mm512_reduce_max_ps(v); }
+INLINE float first(vf v) { return _mm512_cvtss_f32(v); }
+INLINE vf vround(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+INLINE vi vi_of(vf v) { return _mm512_castps_si512(v); }
+INLINE vf vf_of(vi v) { return _mm512_castsi512_ps(v); }
+INLINE vi vi_set(int32_t a) { return _mm512_set1_epi32(a); }
+INLINE vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
+INLINE vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
+INLINE vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
+INLINE vi vi_or(vi a, vi b) { return _mm512_or_si512(a, b); }
+#define vi_sll(a, k) _mm512_slli_epi32((a), (k))
+#define vi_srl(a, k) _mm512_srli_epi32((a), (k))
+#define vi_sra(a, k) _mm512_srai_epi32((a), (k))
+INLINE vi vi_cvt(vf a) { return _mm512_cvtps_epi32(a); }   /* an integral float to int32 */
+INLINE vf vf_cvt(vi a) { return _mm512_cvtepi32_ps(a); }
+INLINE vm vi_eq(vi a, vi b) { return _mm512_cmpeq_epi32_mask(a, b); }
+INLINE vi vi_load(const int32_t *p) { return _mm512_loadu_si512(p); }
+INLINE vf vperm(vf v, vi idx) { return _mm512_permutexvar_ps(idx, v); }  /* lane l = v[idx[l]] */
+/* half <-> float32: vh holds W 16-bit values */
+INLINE vh vh_load(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE void vh_store(void *p, vh h) { _mm256_storeu_si256((__m256i *)p, h); }
+INLINE void vh_stream(void *p, vh h) { _mm256_stream_si256((__m256i *)p, h); }
+INLINE vf vf_of_bf16(vh h) { return vf_of(vi_sll(_mm512_cvtepu16_epi32(h), 16)); }
+INLINE vf vf_of_f16(vh h) { return _mm512_cvtph_ps(h); }
+INLINE vh f16_of_vf(vf v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+INLINE vh vh_pack(vi v) { return _mm512_cvtepi32_epi16(v); }  /* the low 16 bits of each lane */
 
-/* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1). */
-static float row_rest(const float *x, int64_t len, float m, int64_t pf) {
-    vf mv = _mm512_set1_ps(m), shift = shift_of(mv);
-    vf total = _mm512_setzero_ps(), ties = _mm512_setzero_ps();
-    for (int64_t b = 0; b < len; b += CHUNK) {  /* blocked: a fresh accumulator per block */
-        int64_t blen = len - b < CHUNK ? len - b : CHUNK;
-        vm slow = 0;
-        vf t = _mm512_setzero_ps();
-        vf s = block_rest(x + b, blen, mv, shift, &t, pf, 0, &slow);
-        if (__builtin_expect(slow != 0, 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
-            t = _mm512_setzero_ps();
-            s = block_rest(x + b, blen, mv, shift, &t, pf, 1, &slow);
-        }
-        total = _mm512_add_ps(total, s);
-        ties = _mm512_add_ps(ties, t);
-    }
-    vf rest = _mm512_set1_ps(_mm512_reduce_add_ps(total) + (_mm512_reduce_add_ps(ties) - 1.0f));
-    return first(fix_rest(rest, mv));
-}
-
-/* ---------------------------------------------------------------------------------------------------- */
-/* stores                                                                                                 */
-
-/* dst[0:len) = src[0:len) * f; streaming (non-temporal) stores when `stream`, after a masked head that
-   brings dst to a 64-byte boundary. */
-static void scale_store(const float *src, float *dst, int64_t len, float f, int stream) {
-    vf fv = _mm512_set1_ps(f);
-    int64_t i = 0;
-    if (stream) {
-        int64_t head = (int64_t)((64 - ((uintptr_t)dst & 63)) & 63) / 4;
-        if ((uintptr_t)dst % 4 == 0 && head > 0) {
-            head = head < len ? head : len;
-            _mm512_mask_storeu_ps(dst, tail_mask(head), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(head), src), fv));
-            i = head;
-        }
-        if (((uintptr_t)(dst + i) & 63) == 0)
-            for (; i + W <= len; i += W) _mm512_stream_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(src + i), fv));
-    }
-    for (; i + W <= len; i += W) _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(src + i), fv));
-    if (i < len) {
-        vm k = tail_mask(len - i);
-        _mm512_mask_storeu_ps(dst + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, src + i), fv));
-    }
-}
-
-static inline void store(float *p, vf v, int stream) {
-    if (stream) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);
-}
-
-/* Per-thread scratch that outlives the call (the OpenMP pool threads are reused): e of one row. */
-static __thread float *scratch_buf;
-static __thread int64_t scratch_len;
-
-static float *scratch(int64_t len) {
-    if (len > scratch_len) {
-        free(scratch_buf);
-        int64_t want = (len + 1023) & ~(int64_t)1023;
-        scratch_buf = aligned_alloc(64, (size_t)want * sizeof(float));
-        scratch_len = scratch_buf ? want : 0;
-    }
-    return scratch_buf;
-}
-
-/* ---------------------------------------------------------------------------------------------------- */
-/* wide rows: one row per call                                                                            */
-
-/* One sweep over three different chunks, for the softmax pipeline below:
-     A  m_a = max of xa[0:la)                        (the next chunk's first touch: DRAM)
-     B  e = exp(xb - shift(m_b)) into eb, s_b = sum  (xb in L1 since stage A read it a sweep ago)
-     C  yc = ec * f_c over [0:lb)                    (a chunk of the previous row, from scratch)
-   Each stage alone is bound by a different unit (loads, FMAs, stores); in one loop they overlap. xa or ec
-   may be NULL (no such stage). */
-static void sweep(const float *xa, int64_t la, float *m_a, const float *xb, float *eb, int64_t lb, float m_b,
-                  float *s_b, const float *ec, float *yc, float f_c, int stream) {
-    vf shift = shift_of(_mm512_set1_ps(m_b)), fv = _mm512_set1_ps(f_c);
-    vf a0 = _mm512_set1_ps(-INFINITY), a1 = a0, s0 = _mm512_setzero_ps(), s1 = s0;
-    int st = stream && yc && ((uintptr_t)yc & 63) == 0;
-    int64_t both = xa ? (la < lb ? la : lb) : 0, i = 0;
-    vm slow = 0;
-#define STAGE_B(k, acc)                                                     \
-    {                                                                       \
-        vf e_ = vexp_fast(_mm512_sub_ps(_mm512_loadu_ps(xb + i + (k)), shift), &slow); \
-        _mm512_storeu_ps(eb + i + (k), e_);                                 \
-        acc = _mm512_add_ps(acc, e_);                                       \
-    }
-#define STAGE_C(k) store(yc + i + (k), _mm512_mul_ps(_mm512_loadu_ps(ec + i + (k)), fv), st);
-    if (ec) {
-        for (; i + 2 * W <= both; i += 2 * W) {
-            prefetch(xa + i + PF_DIST);
-            prefetch(xa + i + W + PF_DIST);
-            a0 = _mm512_max_ps(a0, _mm512_loadu_ps(xa + i));
-            a1 = _mm512_max_ps(a1, _mm512_loadu_ps(xa + i + W));
-            STAGE_C(0)  /* before B: ec may be eb, the previous row's e read just before it is overwritten */
-            STAGE_C(W)
-            STAGE_B(0, s0)
-            STAGE_B(W, s1)
-        }
-    } else {
-        for (; i + 2 * W <= both; i += 2 * W) {
-            prefetch(xa + i + PF_DIST);
-            prefetch(xa + i + W + PF_DIST);
-            a0 = _mm512_max_ps(a0, _mm512_loadu_ps(xa + i));
-            a1 = _mm512_max_ps(a1, _mm512_loadu_ps(xa + i + W));
-            STAGE_B(0, s0)
-            STAGE_B(W, s1)
-        }
-    }
-#undef STAGE_B
-#undef STAGE_C
-    /* what is left of each stage (the chunks differ in length at a row's end, or A is absent) */
-    for (int64_t k = i; k < la && xa; k += W)
-        a0 = _mm512_max_ps(a0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(la - k), xa + k));
-    for (int64_t k = i; k < lb; k += W) {
-        vm msk = tail_mask(lb - k);
-        if (ec) _mm512_mask_storeu_ps(yc + k, msk, _mm512_mul_ps(_mm512_maskz_loadu_ps(msk, ec + k), fv));
-        vf e = vexp_nonpos(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), msk, xb + k), shift));
-        _mm512_mask_storeu_ps(eb + k, msk, e);
-        /* even vectors into s0, odd into s1, as in the loop above: the sum's rounding depends on the block
-           alone, not on where stage A stopped (which differs for a thread's last row) */
-        if ((k / W) & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
-    }
-    if (xa) *m_a = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
-    if (__builtin_expect(slow != 0, 0)) {  /* a masked entry, a far tail or a nan: redo stage B exactly */
-        s0 = s1 = _mm512_setzero_ps();
-        for (int64_t k = 0; k < lb; k += W) {
-            vm msk = tail_mask(lb - k);
-            vf e = vexp(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), msk, xb + k), shift));
-            _mm512_mask_storeu_ps(eb + k, msk, e);
-            if ((k / W) & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
-        }
-    }
-    *s_b = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
-/* The factors y = e * f[c] of a row from its blocks' maxima bm and sums bs: M = max bm, S = sum bs e^(bm - M),
-   f = e^(bm - M) / S. A block with max -inf has bs = 0 and e^(-inf - M) = 0; M = -inf makes every factor
-   nan (0/0), and a nan or +inf anywhere makes S nan: the row comes out nan, as the reference says. */
-static void row_factors(const float *bm, const float *bs, int64_t nb, float *f) {
-    if (nb == 1) {
-        f[0] = 1.0f / bs[0];
-        return;
-    }
-    float mx = -INFINITY, total = 0.0f;
-    for (int64_t c = 0; c < nb; ++c) mx = bm[c] > mx ? bm[c] : mx;
-    for (int64_t c = 0; c < nb; ++c) total += bs[c] * sexp(bm[c] - mx);
-    for (int64_t c = 0; c < nb; ++c) f[c] = sexp(bm[c] - mx) / total;
-}
-
-/* softmax of rows [r0, r1) of n. Each row in blocks of CHUNK: block max m_c, e = exp(x - m_c) into a
-   per-thread scratch row with its sum s_c, then y = e * f_c (row_factors). DRAM sees x read once and y
-   written once (streamed past the cache for big outputs), like a copy. The passes run as one software
-   pipeline (sweep): block c+1's max, block c's exp and the scaling of the previous row's block c, which
-   reads that block of scratch just before block c's e overwrites it. So one row of scratch serves both
-   rows, and DRAM reads (x) and writes (y) run at the same time, as in a copy, instead of in turns.
-   Returns 0, or -1 when out of memory. */
-static int softmax_rows(const float *x, float *y, int64_t n, int64_t r0, int64_t r1, int stream) {
-    int64_t nb = (n + CHUNK - 1) / CHUNK;
-    float *e = scratch(n + 3 * nb);
-    if (!e) return -1;
-    float *bm = e + n, *bs = bm + nb, *f = bs + nb;  /* f: the factors of the row whose scaling is pending */
-    float m_next = row_max(x + r0 * n, n < CHUNK ? n : CHUNK, PF_DIST);
-    for (int64_t r = r0; r < r1; ++r) {
-        const float *xr = x + r * n;
-        for (int64_t c = 0; c < nb; ++c) {
-            int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
-            const float *xa = NULL;
-            int64_t la = 0;
-            if (c + 1 < nb) {
-                xa = xr + b + CHUNK;
-                la = n - b - CHUNK < CHUNK ? n - b - CHUNK : CHUNK;
-            } else if (r + 1 < r1) {
-                xa = xr + n;  /* rows are contiguous: the next row's first block */
-                la = n < CHUNK ? n : CHUNK;
-            }
-            float m = m_next;
-            if (r > r0)
-                sweep(xa, la, &m_next, xr + b, e + b, len, m, &bs[c], e + b, y + (r - 1) * n + b, f[c], stream);
-            else
-                sweep(xa, la, &m_next, xr + b, e + b, len, m, &bs[c], NULL, NULL, 0.0f, stream);
-            bm[c] = m;
-        }
-        row_factors(bm, bs, nb, f);
-    }
-    for (int64_t c = 0; c < nb; ++c) {  /* the last row's scaling has no next row to ride on */
-        int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
-        scale_store(e + b, y + (r1 - 1) * n + b, len, f[c], stream);
-    }
-    return 0;
-}
-
-/* log-softmax of one row: y = (x - shift) - log1p(s'). */
-static void log_softmax_row(const float *x, float *y, int64_t n, int stream) {
-    float m = row_max(x, n, CHUNK);
-    float l = slog1p(row_rest(x, n, m, CHUNK));
-    vf shift = shift_of(_mm512_set1_ps(m)), lv = _mm512_set1_ps(l);
-    int64_t i = 0;
-    if (stream && ((uintptr_t)y & 63) == 0)
-        for (; i + W <= n; i += W)
-            _mm512_stream_ps(y + i, _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift), lv));
-    for (; i < n; i += W) {
-        vm k = tail_mask(n - i);
-        _mm512_mask_storeu_ps(y + i, k, _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), shift), lv));
-    }
-}
-
-/* Blocked dot(a, b) (or sum(a) when b is NULL). */
-static float row_dot(const float *a, const float *b, int64_t n) {
-    vf total = _mm512_setzero_ps();
-    for (int64_t blk = 0; blk < n; blk += CHUNK) {
-        int64_t end = blk + CHUNK < n ? blk + CHUNK : n;
-        vf s0 = _mm512_setzero_ps(), s1 = s0;
-        int64_t i = blk;
-        for (; i + 2 * W <= end; i += 2 * W) {
-            prefetch(a + i + CHUNK);
-            vf a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + W);
-            if (b) {
-                prefetch(b + i + CHUNK);
-                s0 = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b + i), s0);
-                s1 = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b + i + W), s1);
-            } else {
-                s0 = _mm512_add_ps(s0, a0);
-                s1 = _mm512_add_ps(s1, a1);
-            }
-        }
-        for (; i < end; i += W) {
-            vm k = tail_mask(end - i);
-            vf a0 = _mm512_maskz_loadu_ps(k, a + i);
-            s0 = b ? _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(k, b + i), s0) : _mm512_add_ps(s0, a0);
-        }
-        total = _mm512_add_ps(total, _mm512_add_ps(s0, s1));
-    }
-    return _mm512_reduce_add_ps(total);
-}
-
-/* softmax backward dx = y (dy - sum(dy y)); log-softmax backward dx = dy - exp(y) sum(dy). */
-static void softmax_bwd_row(const float *y, const float *dy, float *dx, int64_t n, int log, int stream) {
-    float d = row_dot(dy, log ? NULL : y, n);
-    vf dv = _mm512_set1_ps(d);
-    int st = stream && ((uintptr_t)dx & 63) == 0;
-    int64_t i = 0;
-    for (; i + W <= n; i += W) {
-        vf yv = _mm512_loadu_ps(y + i), g = _mm512_loadu_ps(dy + i);
-        store(dx + i, log ? _mm512_fnmadd_ps(vexp(yv), dv, g) : _mm512_mul_ps(yv, _mm512_sub_ps(g, dv)), st);
-    }
-    if (i < n) {
-        vm k = tail_mask(n - i);
-        vf yv = _mm512_maskz_loadu_ps(k, y + i), g = _mm512_maskz_loadu_ps(k, dy + i);
-        _mm512_mask_storeu_ps(dx + i, k, log ? _mm512_fnmadd_ps(vexp(yv), dv, g) : _mm512_mul_ps(yv, _mm512_sub_ps(g, dv)));
-    }
-}
-
-/* cross-entropy forward of one row: loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s'). */
-static int ce_fwd_row(const float *x, int64_t t, int64_t n, float *loss, float *shift, float *lse_tail) {
-    float m = row_max(x, n, CHUNK);
-    float l = slog1p(row_rest(x, n, m, CHUNK));
-    float sh = first(shift_of(_mm512_set1_ps(m)));
-    int bad = t < 0 || t >= n;
-    *loss = bad ? NAN : (sh - x[t]) + l;
-    *shift = sh;
-    *lse_tail = l;
-    return bad;
-}
-
-/* cross-entropy backward of one row: dx = g (exp((x - shift) - l) - onehot(t)). */
-static void ce_bwd_row(const float *x, int64_t t, int64_t n, float sh, float l, float g, float *dx, int stream) {
-    vf shv = _mm512_set1_ps(sh), lv = _mm512_set1_ps(l), gv = _mm512_set1_ps(g);
-    int st = stream && ((uintptr_t)dx & 63) == 0;
-    int64_t i = 0;
-    vm slow = 0;
-    for (; i + W <= n; i += W) {
-        prefetch(x + i + CHUNK);
-        vf p = vexp_fast(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shv), lv), &slow);
-        store(dx + i, _mm512_mul_ps(p, gv), st);
-    }
-    if (__builtin_expect(slow != 0, 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
-        if (st) _mm_sfence();
-        for (i = 0; i + W <= n; i += W)
-            _mm512_storeu_ps(dx + i, _mm512_mul_ps(vexp(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shv), lv)), gv));
-    }
-    if (i < n) {
-        vm k = tail_mask(n - i);
-        vf p = vexp_nonpos(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), shv), lv));
-        _mm512_mask_storeu_ps(dx + i, k, _mm512_mul_ps(p, gv));
-    }
-    if (t >= 0 && t < n) {
-        if (st) _mm_sfence();  /* the streamed line holding dx[t] must land before it is rewritten */
-        dx[t] = g * (sexp((x[t] - sh) - l) - 1.0f);
-    }
-}
-
-/* ---------------------------------------------------------------------------------------------------- */
-/* narrow rows: 16 rows per step, one row per lane                                                        */
-
-/* Vectorising along a row of 10 would leave 6 of 16 lanes idle and pay a horizontal reduction per row, so
-   16 rows are handled at once, one per lane. The 16 x n block moves between the two layouts by a 16 x 16
-   in-register transpose (64 shuffles; vgatherdps, the obvious alternative, costs ~24 cycles per vector on
-   this CPU and was 3x slower). Per-row values reach a flat, row-major vector k of the block (elements
-   16k .. 16k + 15, rows (16k + lane) / n) by one vpermps with the index table row_of[k]. */
-typedef struct {
-    int64_t n;
-    vm cols;                   /* the first n lanes: one row of the block */
-    vi row_of[NARROW_MAX];     /* (16 k + lane) / n */
-    vi col_of[NARROW_MAX];     /* (16 k + lane) % n */
-} narrow_tab;
-
-static void narrow_init(narrow_tab *tab, int64_t n) {
-    int32_t a[W], b[W];
-    tab->n = n;
-    tab->cols = tail_mask(n);
-    for (int64_t k = 0; k < n; ++k) {
-        for (int l = 0; l < W; ++l) {
-            int32_t f = (int32_t)(k * W + l);
-            a[l] = f / (int32_t)n;
-            b[l] = f % (int32_t)n;
-        }
-        tab->row_of[k] = _mm512_loadu_si512(a);
-        tab->col_of[k] = _mm512_loadu_si512(b);
-    }
-}
-
-static inline vf per_row(const narrow_tab *tab, vf v, int64_t k) { return _mm512_permutexvar_ps(tab->row_of[k], v); }
-
-/* In-place transpose of a 16 x 16 block held in 16 registers. */
-static inline void transpose16(vf r[W]) {
+/* The in-place transpose of a W x W block held in W registers. */
+INLINE void transpose(vf r[W]) {
     vf t[W];
     for (int i = 0; i < W; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -575,127 +164,792 @@ static inline void transpose16(vf r[W]) {
     }
 }
 
-/* The 16 rows at x (n apart) as columns: c[j] lane r = x[r n + j] for j < n. */
-static inline void load_columns(const narrow_tab *tab, const float *x, vf c[W]) {
-    for (int r = 0; r < W; ++r) c[r] = _mm512_maskz_loadu_ps(tab->cols, x + r * tab->n);
-    transpose16(c);
+INLINE void stream_line4(char *d, const char *s) {  /* 256 bytes, non-temporal */
+    __m512i a = _mm512_loadu_si512(s), b = _mm512_loadu_si512(s + 64);
+    __m512i c = _mm512_loadu_si512(s + 128), e = _mm512_loadu_si512(s + 192);
+    _mm512_stream_si512((__m512i *)d, a);
+    _mm512_stream_si512((__m512i *)(d + 64), b);
+    _mm512_stream_si512((__m512i *)(d + 128), c);
+    _mm512_stream_si512((__m512i *)(d + 192), e);
 }
 
-/* The inverse: columns c[0:n) back to 16 rows of n at y. */
-static inline void store_columns(const narrow_tab *tab, vf c[W], float *y) {
-    for (int64_t j = tab->n; j < W; ++j) c[j] = _mm512_setzero_ps();
-    transpose16(c);
-    for (int r = 0; r < W; ++r) _mm512_mask_storeu_ps(y + r * tab->n, tab->cols, c[r]);
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ISA_NAME "avx2"
+#define W 8
+typedef __m256 vf;
+typedef __m256i vi;
+typedef __m256 vm;   /* all-ones lanes where set */
+typedef __m128i vh;
+
+INLINE vf vset(float a) { return _mm256_set1_ps(a); }
+INLINE vf vzero(void) { return _mm256_setzero_ps(); }
+INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+INLINE vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+INLINE vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+INLINE vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+INLINE vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+INLINE vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+INLINE vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE vf vfnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+#define vcmp(a, b, pred) _mm256_cmp_ps((a), (b), (pred))
+INLINE vf vsel(vm k, vf a, vf b) { return _mm256_blendv_ps(b, a, k); }
+INLINE vf vadd_if(vm k, vf s, vf e) { return _mm256_add_ps(s, _mm256_and_ps(k, e)); }
+INLINE vm m_or(vm a, vm b) { return _mm256_or_ps(a, b); }
+INLINE vm m_and(vm a, vm b) { return _mm256_and_ps(a, b); }
+INLINE vm m_not(vm a) { return _mm256_xor_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(-1))); }
+INLINE int m_any(vm k) { return _mm256_movemask_ps(k) != 0; }
+INLINE int m_count(vm k) { return __builtin_popcount((unsigned)_mm256_movemask_ps(k)); }
+INLINE vm tail_mask(int64_t left) {
+    int32_t l = left >= W ? W : (int32_t)left;
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+INLINE vf vload(const float *p) { return _mm256_loadu_ps(p); }
+INLINE void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
+INLINE void vstream(float *p, vf v) { _mm256_stream_ps(p, v); }
+INLINE vf vload_mask(vm k, const float *p, float fill) {
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, _mm256_castps_si256(k)), k);
+}
+INLINE void vstore_mask(float *p, vm k, vf v) { _mm256_maskstore_ps(p, _mm256_castps_si256(k), v); }
+INLINE float vsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+INLINE float vmaxr(vf v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+INLINE float first(vf v) { return _mm256_cvtss_f32(v); }
+INLINE vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+INLINE vi vi_of(vf v) { return _mm256_castps_si256(v); }
+INLINE vf vf_of(vi v) { return _mm256_castsi256_ps(v); }
+INLINE vi vi_set(int32_t a) { return _mm256_set1_epi32(a); }
+INLINE vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
+INLINE vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
+INLINE vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
+INLINE vi vi_or(vi a, vi b) { return _mm256_or_si256(a, b); }
+#define vi_sll(a, k) _mm256_slli_epi32((a), (k))
+#define vi_srl(a, k) _mm256_srli_epi32((a), (k))
+#define vi_sra(a, k) _mm256_srai_epi32((a), (k))
+INLINE vi vi_cvt(vf a) { return _mm256_cvtps_epi32(a); }
+INLINE vf vf_cvt(vi a) { return _mm256_cvtepi32_ps(a); }
+INLINE vm vi_eq(vi a, vi b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+INLINE vi vi_load(const int32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE vf vperm(vf v, vi idx) { return _mm256_permutevar8x32_ps(v, idx); }
+INLINE vh vh_load(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+INLINE void vh_store(void *p, vh h) { _mm_storeu_si128((__m128i *)p, h); }
+INLINE void vh_stream(void *p, vh h) { _mm_stream_si128((__m128i *)p, h); }
+INLINE vf vf_of_bf16(vh h) { return vf_of(vi_sll(_mm256_cvtepu16_epi32(h), 16)); }
+INLINE vf vf_of_f16(vh h) { return _mm256_cvtph_ps(h); }
+INLINE vh f16_of_vf(vf v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+/* the low 16 bits of each lane; the lanes hold values below 2^16, so the unsigned saturation never bites */
+INLINE vh vh_pack(vi v) { return _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); }
+
+INLINE void transpose(vf r[W]) {
+    vf t[W];
+    for (int i = 0; i < W; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < W; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < W; ++i) r[i] = t[i];
 }
 
-static inline vf columns_max(const narrow_tab *tab, const vf c[W]) {
-    vf m = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < tab->n; ++j) m = _mm512_max_ps(m, c[j]);
+INLINE void stream_line4(char *d, const char *s) {
+    for (int k = 0; k < 256; k += 32)
+        _mm256_stream_si256((__m256i *)(d + k), _mm256_loadu_si256((const __m256i *)(s + k)));
+}
+
+#else
+#error "softmax-bench native kernels need AVX-512 F/BW/VL/DQ or AVX2 + FMA + F16C (add -march=native)"
+#endif
+
+INLINE void prefetch(const void *p) { _mm_prefetch((const char *)p, PF_HINT); }
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* element types: rows are read and written in their dtype, computed in float32                          */
+
+enum dtype { F32 = 0, BF16 = 1, F16 = 2 };
+#define ESIZE(dt) ((dt) == F32 ? 4 : 2)
+
+/* float32 -> bfloat16 bits, round to nearest even (as torch's c10::BFloat16); nan -> 0x7fc0. The add
+   cannot carry a finite value past inf: the largest finite float32 rounds to inf, as it should. */
+INLINE vi bf16_bits(vf v) {
+    vi b = vi_of(v);
+    vi r = vi_srl(vi_add(vi_add(b, vi_set(0x7fff)), vi_and(vi_srl(b, 16), vi_set(1))), 16);
+    return vi_of(vsel(vcmp(v, v, _CMP_UNORD_Q), vf_of(vi_set(0x7fc0)), vf_of(r)));
+}
+
+INLINE vh half_of(vf v, int dt) { return dt == BF16 ? vh_pack(bf16_bits(v)) : f16_of_vf(v); }
+INLINE vf float_of(vh h, int dt) { return dt == BF16 ? vf_of_bf16(h) : vf_of_f16(h); }
+
+/* W elements of p (element type dt) from element i, as float32. */
+INLINE vf ld(const void *p, int64_t i, int dt) {
+    if (dt == F32) return vload((const float *)p + i);
+    return float_of(vh_load((const uint16_t *)p + i), dt);
+}
+
+/* The first `left` (< W) elements from element i, the other lanes `fill`. Half precision goes through a
+   small stack buffer: AVX2 has no 16-bit masked load, and a row has one such tail. */
+INLINE vf ld_tail(const void *p, int64_t i, int64_t left, float fill, int dt) {
+    vm k = tail_mask(left);
+    if (dt == F32) return vload_mask(k, (const float *)p + i, fill);
+    uint16_t buf[W] = {0};
+    memcpy(buf, (const uint16_t *)p + i, (size_t)left * 2);
+    return vsel(k, float_of(vh_load(buf), dt), vset(fill));
+}
+
+/* Stores W elements at element i; `stream`: non-temporal (the address must be vector-aligned). */
+INLINE void st(void *p, int64_t i, vf v, int dt, int stream) {
+    if (dt == F32) {
+        if (stream) vstream((float *)p + i, v); else vstore((float *)p + i, v);
+    } else {
+        if (stream) vh_stream((uint16_t *)p + i, half_of(v, dt)); else vh_store((uint16_t *)p + i, half_of(v, dt));
+    }
+}
+
+INLINE void st_tail(void *p, int64_t i, int64_t left, vf v, int dt) {
+    if (dt == F32) {
+        vstore_mask((float *)p + i, tail_mask(left), v);
+        return;
+    }
+    uint16_t buf[W];
+    vh_store(buf, half_of(v, dt));
+    memcpy((uint16_t *)p + i, buf, (size_t)left * 2);
+}
+
+INLINE float ld1(const void *p, int64_t i, int dt) {
+    if (dt == F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    if (dt == F16) return _cvtsh_ss(h);
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+INLINE void st1(void *p, int64_t i, float v, int dt) {
+    if (dt == F32) {
+        ((float *)p)[i] = v;
+    } else if (dt == F16) {
+        ((uint16_t *)p)[i] = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+        uint16_t buf[W];
+        vh_store(buf, half_of(vset(v), BF16));
+        ((uint16_t *)p)[i] = buf[0];
+    }
+}
+
+INLINE void pf(const void *p, int64_t i, int dt) { prefetch((const char *)p + i * ESIZE(dt)); }
+
+/* Whether stores from element i of p on may stream: the vector's bytes are aligned to its size. */
+INLINE int vec_aligned(const void *p, int64_t i, int dt) {
+    return (((uintptr_t)p + (uintptr_t)(i * ESIZE(dt))) & (uintptr_t)(W * ESIZE(dt) - 1)) == 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* exp and log1p, W lanes                                                                                */
+
+/* 1 + r + c2 r^2 + ... + c6 r^6 ~ e^r, minimax for relative error on |r| <= 1.01 ln2 / 2: 0.08 u before
+   rounding; half-precision rows take the degree-4 fit (5.6e-6, fitted the same way). r comes from x - n ln2 with ln2 = C1 + C2,
+   C1 short enough that n * C1 is exact. */
+INLINE vf exp_poly(vf x, vf n, int dt) {
+    vf r = vfnma(n, vset(0.693359375f), x);
+    r = vfnma(n, vset(-2.12194440e-4f), r);
+    vf p;
+    if (dt == F32) {
+        p = vset(0.0013813144760206342f);
+        p = vfma(p, r, vset(0.008369418792426586f));
+        p = vfma(p, r, vset(0.04166845604777336f));
+        p = vfma(p, r, vset(0.16666515171527863f));
+        p = vfma(p, r, vset(0.4999999403953552f));
+    } else {
+        p = vset(0.041270122f);
+        p = vfma(p, r, vset(0.16755258f));
+        p = vfma(p, r, vset(0.50005323f));
+    }
+    p = vfma(p, r, vset(1.0f));
+    return vfma(p, r, vset(1.0f));
+}
+
+/* e^x for every x (float32 accuracy): n = round(x log2 e), then p 2^n as p 2^n1 2^n2 with n1 + n2 = n,
+   both powers normal: the first product is exact, the second rounds a subnormal result once and correctly.
+   x is clamped to [-104, 89] first (e^-104 already rounds to 0, e^89 to inf) so that n stays small and r
+   finite; max/min return their second operand when either is nan, so nan passes through. */
+INLINE vf vexp(vf x) {
+    x = vmax(vset(-104.0f), vmin(vset(89.0f), x));
+    vf n = vround(vmul(x, vset(1.44269504088896341f)));
+    vi ni = vi_cvt(n), n1 = vi_sra(ni, 1), n2 = vi_sub(ni, n1);
+    vf s1 = vf_of(vi_sll(vi_add(n1, vi_set(127)), 23)), s2 = vf_of(vi_sll(vi_add(n2, vi_set(127)), 23));
+    return vmul(vmul(exp_poly(x, n, F32), s1), s2);
+}
+
+/* e^x for x >= -86 (or x <= 0 with *slow set where not): the hot path. It rounds with the 1.5 * 2^23 trick
+   and scales by adding n to the exponent bits, which is exact while p 2^n is a normal number (x >= -86);
+   vroundscaleps and vscalefps would cost two to four FMAs' worth of issue slots each on Zen 4. Lanes below
+   -86, or nan, are flagged in *slow: the caller redoes such a (rare) block with vexp. */
+INLINE vf vexp_fast(vf x, vm *slow, int dt) {
+    const vf magic = vset(12582912.0f);
+    *slow = m_or(*slow, vcmp(x, vset(-86.0f), _CMP_NGE_UQ));
+    vf t = vfma(x, vset(1.44269504088896341f), magic);  /* n in the low mantissa bits */
+    vf n = vsub(t, magic);
+    return vf_of(vi_add(vi_of(exp_poly(x, n, dt)), vi_sll(vi_of(t), 23)));
+}
+
+/* e^x for x <= 0 (or nan), checked per vector. */
+INLINE vf vexp_nonpos(vf x, int dt) {
+    vm slow = vcmp(x, x, _CMP_FALSE_OQ);
+    vf y = vexp_fast(x, &slow, dt);
+    if (__builtin_expect(m_any(slow), 0)) y = vsel(slow, vexp(x), y);
+    return y;
+}
+
+INLINE vf vlog(vf u) {
+    /* u = m 2^e with m in [0.75, 1.5): log u = e ln2 + 2 atanh(f / (2 + f)), f = m - 1 exact (Sterbenz).
+       e and m by integer arithmetic on the bits, valid for positive normal u (log1p's 1 + s never is
+       subnormal); 0, inf, negatives and nan are set at the end. */
+    vi b = vi_of(u);
+    vi k = vi_sra(vi_sub(b, vi_set(0x3f400000)), 23);  /* 0.75's bits: m below 0.75 borrows one exponent */
+    vf m = vf_of(vi_sub(b, vi_sll(k, 23)));
+    vf e = vf_cvt(k);
+    vf f = vsub(m, vset(1.0f));
+    vf z = vdiv(f, vadd(f, vset(2.0f)));  /* |z| <= 0.2 */
+    vf z2 = vmul(z, z);
+    vf q = vset(1.0f / 11.0f);
+    q = vfma(q, z2, vset(1.0f / 9.0f));
+    q = vfma(q, z2, vset(1.0f / 7.0f));
+    q = vfma(q, z2, vset(1.0f / 5.0f));
+    q = vfma(q, z2, vset(1.0f / 3.0f));
+    vf z3 = vmul(z2, z);
+    vf t = vfma(z3, q, z);  /* atanh(z) */
+    vf lo = vfma(e, vset(-2.12194440e-4f), vadd(t, t));
+    vf y = vfma(e, vset(0.693359375f), lo);
+    y = vsel(vcmp(u, vzero(), _CMP_EQ_OQ), vset(-INFINITY), y);
+    y = vsel(vcmp(u, vset(INFINITY), _CMP_EQ_OQ), u, y);
+    y = vsel(vcmp(u, vzero(), _CMP_LT_OQ), vset(NAN), y);
+    return vsel(vcmp(u, u, _CMP_UNORD_Q), u, y);
+}
+
+INLINE vf vlog1p(vf s) {
+    /* Goldberg: log1p(s) = s when 1 + s rounds to 1, else log(1 + s) * s / ((1 + s) - 1). The quotient
+       corrects the rounding of 1 + s, so a tiny s keeps its digits. s = -1 gives -inf, nan gives nan. */
+    vf u = vadd(s, vset(1.0f));
+    vf d = vsub(u, vset(1.0f));
+    vf y = vmul(vlog(u), vdiv(s, d));
+    /* 1 + s == 1 (tiny s) and s = inf (inf / inf would be nan) both give s itself */
+    vm keep = m_or(vcmp(d, vzero(), _CMP_EQ_OQ), vcmp(s, vset(INFINITY), _CMP_EQ_OQ));
+    return vsel(keep, s, y);
+}
+
+INLINE float sexp(float x) { return first(vexp(vset(x))); }
+INLINE float slog1p(float x) { return first(vlog1p(vset(x))); }
+
+/* The shift of a row (or of W rows) with max m: m, or 0 where m is -inf. */
+INLINE vf shift_of(vf m) { return vsel(vcmp(m, vset(-INFINITY), _CMP_EQ_OQ), vzero(), m); }
+
+/* s' -> the argument of log1p: -1 for a fully masked row (lse = -inf), nan for a row whose max is +inf
+   (its inf entries were left out of s' as copies of the max, so the sum alone would not see them). */
+INLINE vf fix_rest(vf rest, vf m) {
+    rest = vsel(vcmp(m, vset(-INFINITY), _CMP_EQ_OQ), vset(-1.0f), rest);
+    return vsel(vcmp(m, vset(INFINITY), _CMP_EQ_OQ), vset(NAN), rest);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* wide rows: reductions                                                                                  */
+
+/* Max of x[0:len), prefetching pf elements ahead (the next block, or the next row: rows are contiguous). */
+INLINE float row_max(const void *x, int64_t len, int64_t pf_at, int dt) {
+    vf a0 = vset(-INFINITY), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 4 * W <= len; i += 4 * W) {
+        for (int k = 0; k < 4 * W * ESIZE(dt); k += 64) prefetch((const char *)x + (i + pf_at) * ESIZE(dt) + k);
+        a0 = vmax(a0, ld(x, i, dt));
+        a1 = vmax(a1, ld(x, i + W, dt));
+        a2 = vmax(a2, ld(x, i + 2 * W, dt));
+        a3 = vmax(a3, ld(x, i + 3 * W, dt));
+    }
+    for (; i + W <= len; i += W) a0 = vmax(a0, ld(x, i, dt));
+    if (i < len) a0 = vmax(a0, ld_tail(x, i, len - i, -INFINITY, dt));
+    return vmaxr(vmax(vmax(a0, a1), vmax(a2, a3)));
+}
+
+/* One block of s': returns the sum of exp(x - shift) over the entries != m (NEQ_UQ: a nan entry counts as
+   "not the max", so its nan reaches the sum) and adds the count of entries == m to *ties. With exact = 0
+   the hot-path exp runs and *slow flags a lane that needs the exact one (the caller then redoes the block). */
+INLINE vf block_rest(const void *x, int64_t len, vf mv, vf shift, vf *ties, int64_t pf_at, int exact, vm *slow,
+                     int dt) {
+    const vf one = vset(1.0f);
+    vf s0 = vzero(), s1 = s0, t0 = s0, t1 = s0;
+    int64_t i = 0;
+    for (; i + 2 * W <= len; i += 2 * W) {
+        for (int k = 0; k < 2 * W * ESIZE(dt); k += 64) prefetch((const char *)x + (i + pf_at) * ESIZE(dt) + k);
+        vf x0 = ld(x, i, dt), x1 = ld(x, i + W, dt);
+        vm k0 = vcmp(x0, mv, _CMP_NEQ_UQ), k1 = vcmp(x1, mv, _CMP_NEQ_UQ);
+        vf e0 = exact ? vexp(vsub(x0, shift)) : vexp_fast(vsub(x0, shift), slow, dt);
+        vf e1 = exact ? vexp(vsub(x1, shift)) : vexp_fast(vsub(x1, shift), slow, dt);
+        s0 = vadd_if(k0, s0, e0);
+        s1 = vadd_if(k1, s1, e1);
+        t0 = vadd_if(m_not(k0), t0, one);
+        t1 = vadd_if(m_not(k1), t1, one);
+    }
+    for (; i < len; i += W) {
+        vm valid = tail_mask(len - i);
+        vf x0 = len - i >= W ? ld(x, i, dt) : ld_tail(x, i, len - i, -INFINITY, dt);
+        vm k0 = vcmp(x0, mv, _CMP_NEQ_UQ);
+        s0 = vadd_if(m_and(k0, valid), s0, vexp(vsub(x0, shift)));
+        t0 = vadd_if(m_and(m_not(k0), valid), t0, one);
+    }
+    *ties = vadd(*ties, vadd(t0, t1));
+    return vadd(s0, s1);
+}
+
+/* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1). */
+INLINE float row_rest(const void *x, int64_t len, float m, int64_t pf_at, int dt) {
+    vf mv = vset(m), shift = shift_of(mv);
+    vf total = vzero(), ties = vzero();
+    for (int64_t b = 0; b < len; b += CHUNK) {  /* blocked: a fresh accumulator per block */
+        int64_t blen = len - b < CHUNK ? len - b : CHUNK;
+        const void *xb = (const char *)x + b * ESIZE(dt);
+        vm slow = vcmp(mv, mv, _CMP_FALSE_OQ);
+        vf t = vzero();
+        vf s = block_rest(xb, blen, mv, shift, &t, pf_at, 0, &slow, dt);
+        if (__builtin_expect(m_any(slow), 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
+            t = vzero();
+            s = block_rest(xb, blen, mv, shift, &t, pf_at, 1, &slow, dt);
+        }
+        total = vadd(total, s);
+        ties = vadd(ties, t);
+    }
+    vf rest = vset(vsum(total) + (vsum(ties) - 1.0f));
+    return first(fix_rest(rest, mv));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* wide rows: one row per call                                                                            */
+
+/* Per-thread scratch that outlives the call (the OpenMP pool threads are reused): e of one row. */
+static __thread float *scratch_buf;
+static __thread int64_t scratch_len;
+
+static float *scratch(int64_t len) {
+    if (len > scratch_len) {
+        free(scratch_buf);
+        int64_t want = (len + 1023) & ~(int64_t)1023;
+        scratch_buf = aligned_alloc(64, (size_t)want * sizeof(float));
+        scratch_len = scratch_buf ? want : 0;
+    }
+    return scratch_buf;
+}
+
+/* y[0:len) = src[0:len) * f (src float32 scratch, y of dtype dt). */
+INLINE void scale_store(const float *src, void *y, int64_t len, float f, int stream, int dt) {
+    vf fv = vset(f);
+    int64_t i = 0;
+    int st_ok = stream && vec_aligned(y, 0, dt);
+    for (; i + W <= len; i += W) st(y, i, vmul(vload(src + i), fv), dt, st_ok);
+    if (i < len) st_tail(y, i, len - i, vmul(vload_mask(tail_mask(len - i), src + i, 0.0f), fv), dt);
+}
+
+/* One sweep over three different chunks, for the softmax pipeline below:
+     A  m_a = max of xa[0:la)                        (the next chunk's first touch: DRAM)
+     B  e = exp(xb - shift(m_b)) into eb, s_b = sum  (xb in L1 since stage A read it a sweep ago)
+     C  yc = ec * f_c over [0:lb)                    (a chunk of the previous row, from scratch)
+   Each stage alone is bound by a different unit (loads, FMAs, stores); in one loop they overlap. xa or ec
+   may be NULL (no such stage). */
+INLINE void sweep(const void *xa, int64_t la, float *m_a, const void *xb, float *eb, int64_t lb, float m_b,
+                  float *s_b, const float *ec, void *yc, float f_c, int stream, int dt) {
+    vf shift = shift_of(vset(m_b)), fv = vset(f_c);
+    vf a0 = vset(-INFINITY), a1 = a0, s0 = vzero(), s1 = s0;
+    int stc = stream && yc && vec_aligned(yc, 0, dt);
+    int64_t both = xa ? (la < lb ? la : lb) : 0, i = 0;
+    vm slow = vcmp(shift, shift, _CMP_FALSE_OQ);
+#define STAGE_A(k) a##k = vmax(a##k, ld(xa, i + (k) * W, dt));
+#define STAGE_B(k, acc)                                                 \
+    {                                                                   \
+        vf e_ = vexp_fast(vsub(ld(xb, i + (k), dt), shift), &slow, dt); \
+        vstore(eb + i + (k), e_);                                       \
+        acc = vadd(acc, e_);                                            \
+    }
+#define STAGE_C(k) st(yc, i + (k), vmul(vload(ec + i + (k)), fv), dt, stc);
+    for (; i + 2 * W <= both; i += 2 * W) {
+        for (int k = 0; k < 2 * W * ESIZE(dt); k += 64) prefetch((const char *)xa + (i + PF_DIST) * ESIZE(dt) + k);
+        STAGE_A(0)
+        STAGE_A(1)
+        if (ec) {
+            STAGE_C(0)  /* before B: ec may be eb, the previous row's e read just before it is overwritten */
+            STAGE_C(W)
+        }
+        STAGE_B(0, s0)
+        STAGE_B(W, s1)
+    }
+#undef STAGE_A
+#undef STAGE_B
+#undef STAGE_C
+    /* what is left of each stage (the chunks differ in length at a row's end, or A is absent) */
+    for (int64_t k = i; k < la && xa; k += W)
+        a0 = vmax(a0, la - k >= W ? ld(xa, k, dt) : ld_tail(xa, k, la - k, -INFINITY, dt));
+    for (int64_t k = i; k < lb; k += W) {
+        int64_t left = lb - k;
+        vm msk = tail_mask(left);
+        if (ec) {
+            vf y = vmul(vload_mask(msk, ec + k, 0.0f), fv);
+            if (left >= W) st(yc, k, y, dt, 0); else st_tail(yc, k, left, y, dt);
+        }
+        vf xv = left >= W ? ld(xb, k, dt) : ld_tail(xb, k, left, -INFINITY, dt);
+        vf e = vexp_nonpos(vsub(xv, shift), dt);
+        vstore_mask(eb + k, msk, e);
+        /* even vectors into s0, odd into s1, as in the loop above: the sum's rounding depends on the block
+           alone, not on where stage A stopped (which differs for a thread's last row) */
+        if ((k / W) & 1) s1 = vadd(s1, e); else s0 = vadd(s0, e);
+    }
+    if (xa) *m_a = vmaxr(vmax(a0, a1));
+    if (__builtin_expect(m_any(slow), 0)) {  /* a masked entry, a far tail or a nan: redo stage B exactly */
+        s0 = s1 = vzero();
+        for (int64_t k = 0; k < lb; k += W) {
+            int64_t left = lb - k;
+            vm msk = tail_mask(left);
+            vf xv = left >= W ? ld(xb, k, dt) : ld_tail(xb, k, left, -INFINITY, dt);
+            vf e = vexp(vsub(xv, shift));
+            vstore_mask(eb + k, msk, e);
+            if ((k / W) & 1) s1 = vadd(s1, e); else s0 = vadd(s0, e);
+        }
+    }
+    *s_b = vsum(vadd(s0, s1));
+}
+
+/* The factors y = e * f[c] of a row from its blocks' maxima bm and sums bs: M = max bm, S = sum bs e^(bm - M),
+   f = e^(bm - M) / S. A block with max -inf has bs = 0 and e^(-inf - M) = 0; M = -inf makes every factor
+   nan (0/0), and a nan or +inf anywhere makes S nan: the row comes out nan, as the reference says. */
+static void row_factors(const float *bm, const float *bs, int64_t nb, float *f) {
+    if (nb == 1) {
+        f[0] = 1.0f / bs[0];
+        return;
+    }
+    float mx = -INFINITY, total = 0.0f;
+    for (int64_t c = 0; c < nb; ++c) mx = bm[c] > mx ? bm[c] : mx;
+    for (int64_t c = 0; c < nb; ++c) total += bs[c] * sexp(bm[c] - mx);
+    for (int64_t c = 0; c < nb; ++c) f[c] = sexp(bm[c] - mx) / total;
+}
+
+/* softmax of rows [r0, r1) of n. Each row in blocks of CHUNK: block max m_c, e = exp(x - m_c) into a
+   per-thread float32 scratch row with its sum s_c, then y = e * f_c (row_factors). DRAM sees x read once and
+   y written once (streamed past the cache for big outputs), like a copy. The passes run as one software
+   pipeline (sweep): block c+1's max, block c's exp and the scaling of the previous row's block c, which
+   reads that block of scratch just before block c's e overwrites it. So one row of scratch serves both
+   rows, and DRAM reads (x) and writes (y) run at the same time, as in a copy, instead of in turns.
+   Returns 0, or -1 when out of memory. */
+INLINE int softmax_rows(const void *x, void *y, int64_t n, int64_t r0, int64_t r1, int stream, int dt) {
+    const int64_t es = ESIZE(dt);
+    int64_t nb = (n + CHUNK - 1) / CHUNK;
+    float *e = scratch(n + 3 * nb);
+    if (!e) return -1;
+    float *bm = e + n, *bs = bm + nb, *f = bs + nb;  /* f: the factors of the row whose scaling is pending */
+    const char *xc = (const char *)x;
+    char *yc = (char *)y;
+    float m_next = row_max(xc + r0 * n * es, n < CHUNK ? n : CHUNK, PF_DIST, dt);
+    for (int64_t r = r0; r < r1; ++r) {
+        const char *xr = xc + r * n * es;
+        for (int64_t c = 0; c < nb; ++c) {
+            int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
+            const char *xa = NULL;
+            int64_t la = 0;
+            if (c + 1 < nb) {
+                xa = xr + (b + CHUNK) * es;
+                la = n - b - CHUNK < CHUNK ? n - b - CHUNK : CHUNK;
+            } else if (r + 1 < r1) {
+                xa = xr + n * es;  /* rows are contiguous: the next row's first block */
+                la = n < CHUNK ? n : CHUNK;
+            }
+            float m = m_next;
+            if (r > r0)
+                sweep(xa, la, &m_next, xr + b * es, e + b, len, m, &bs[c], e + b, yc + ((r - 1) * n + b) * es, f[c],
+                      stream, dt);
+            else
+                sweep(xa, la, &m_next, xr + b * es, e + b, len, m, &bs[c], NULL, NULL, 0.0f, stream, dt);
+            bm[c] = m;
+        }
+        row_factors(bm, bs, nb, f);
+    }
+    for (int64_t c = 0; c < nb; ++c) {  /* the last row's scaling has no next row to ride on */
+        int64_t b = c * CHUNK, len = n - b < CHUNK ? n - b : CHUNK;
+        scale_store(e + b, yc + ((r1 - 1) * n + b) * es, len, f[c], stream, dt);
+    }
+    return 0;
+}
+
+/* log-softmax of one row: y = (x - shift) - log1p(s'). */
+INLINE void log_softmax_row(const void *x, void *y, int64_t n, int stream, int dt) {
+    float m = row_max(x, n, CHUNK, dt);
+    float l = slog1p(row_rest(x, n, m, CHUNK, dt));
+    vf shift = shift_of(vset(m)), lv = vset(l);
+    int s = stream && vec_aligned(y, 0, dt);
+    int64_t i = 0;
+    for (; i + W <= n; i += W) st(y, i, vsub(vsub(ld(x, i, dt), shift), lv), dt, s);
+    if (i < n) st_tail(y, i, n - i, vsub(vsub(ld_tail(x, i, n - i, 0.0f, dt), shift), lv), dt);
+}
+
+/* Blocked dot(a, b) (or sum(a) when b is NULL). */
+INLINE float row_dot(const void *a, const void *b, int64_t n, int dt) {
+    vf total = vzero();
+    for (int64_t blk = 0; blk < n; blk += CHUNK) {
+        int64_t end = blk + CHUNK < n ? blk + CHUNK : n;
+        vf s0 = vzero(), s1 = s0;
+        int64_t i = blk;
+        for (; i + 2 * W <= end; i += 2 * W) {
+            pf(a, i + CHUNK, dt);
+            vf a0 = ld(a, i, dt), a1 = ld(a, i + W, dt);
+            if (b) {
+                pf(b, i + CHUNK, dt);
+                s0 = vfma(a0, ld(b, i, dt), s0);
+                s1 = vfma(a1, ld(b, i + W, dt), s1);
+            } else {
+                s0 = vadd(s0, a0);
+                s1 = vadd(s1, a1);
+            }
+        }
+        for (; i < end; i += W) {
+            int64_t left = end - i;
+            vf a0 = left >= W ? ld(a, i, dt) : ld_tail(a, i, left, 0.0f, dt);
+            if (b) {
+                vf b0 = left >= W ? ld(b, i, dt) : ld_tail(b, i, left, 0.0f, dt);
+                s0 = vfma(a0, b0, s0);
+            } else {
+                s0 = vadd(s0, a0);
+            }
+        }
+        total = vadd(total, vadd(s0, s1));
+    }
+    return vsum(total);
+}
+
+/* softmax backward dx = y (dy - sum(dy y)); log-softmax backward dx = dy - exp(y) sum(dy). */
+INLINE void softmax_bwd_row(const void *y, const void *dy, void *dx, int64_t n, int log, int stream, int dt) {
+    float d = row_dot(dy, log ? NULL : y, n, dt);
+    vf dv = vset(d);
+    int s = stream && vec_aligned(dx, 0, dt);
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+        vf yv = ld(y, i, dt), g = ld(dy, i, dt);
+        st(dx, i, log ? vfnma(vexp(yv), dv, g) : vmul(yv, vsub(g, dv)), dt, s);
+    }
+    if (i < n) {
+        vf yv = ld_tail(y, i, n - i, 0.0f, dt), g = ld_tail(dy, i, n - i, 0.0f, dt);
+        st_tail(dx, i, n - i, log ? vfnma(vexp(yv), dv, g) : vmul(yv, vsub(g, dv)), dt);
+    }
+}
+
+/* cross-entropy forward of one row: loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s'). */
+INLINE int ce_fwd_row(const void *x, int64_t t, int64_t n, float *loss, float *shift, float *lse_tail, int dt) {
+    float m = row_max(x, n, CHUNK, dt);
+    float l = slog1p(row_rest(x, n, m, CHUNK, dt));
+    float sh = first(shift_of(vset(m)));
+    int bad = t < 0 || t >= n;
+    *loss = bad ? NAN : (sh - ld1(x, t, dt)) + l;
+    *shift = sh;
+    *lse_tail = l;
+    return bad;
+}
+
+/* cross-entropy backward of one row: dx = g (exp((x - shift) - l) - onehot(t)). */
+INLINE void ce_bwd_row(const void *x, int64_t t, int64_t n, float sh, float l, float g, void *dx, int stream, int dt) {
+    vf shv = vset(sh), lv = vset(l), gv = vset(g);
+    int s = stream && vec_aligned(dx, 0, dt);
+    int64_t i = 0;
+    vm slow = vcmp(gv, gv, _CMP_FALSE_OQ);
+    for (; i + W <= n; i += W) {
+        pf(x, i + CHUNK, dt);
+        vf p = vexp_fast(vsub(vsub(ld(x, i, dt), shv), lv), &slow, dt);
+        st(dx, i, vmul(p, gv), dt, s);
+    }
+    if (__builtin_expect(m_any(slow), 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
+        if (s) _mm_sfence();
+        for (i = 0; i + W <= n; i += W) st(dx, i, vmul(vexp(vsub(vsub(ld(x, i, dt), shv), lv)), gv), dt, 0);
+    }
+    if (i < n) {
+        vf p = vexp_nonpos(vsub(vsub(ld_tail(x, i, n - i, -INFINITY, dt), shv), lv), dt);
+        st_tail(dx, i, n - i, vmul(p, gv), dt);
+    }
+    if (t >= 0 && t < n) {
+        if (s) _mm_sfence();  /* the streamed line holding dx[t] must land before it is rewritten */
+        st1(dx, t, g * (sexp((ld1(x, t, dt) - sh) - l) - 1.0f), dt);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* narrow rows: W rows per step, one row per lane (float32; half-precision blocks are widened first)     */
+
+/* Vectorising along a row of 10 would leave 6 of 16 lanes idle and pay a horizontal reduction per row, so
+   W rows are handled at once, one per lane. The W x n block moves between the two layouts by a W x W
+   in-register transpose (64 shuffles for 16; vgatherdps, the obvious alternative, costs ~24 cycles per
+   vector on Zen 4 and was 3x slower). Per-row values reach a flat, row-major vector k of the block
+   (elements W k .. W k + W - 1, rows (W k + lane) / n) by one vpermps with the index table row_of[k]. */
+typedef struct {
+    int64_t n;
+    vm cols;           /* the first n lanes: one row of the block */
+    vi row_of[W];      /* (W k + lane) / n */
+    vi col_of[W];      /* (W k + lane) % n */
+} narrow_tab;
+
+static void narrow_init(narrow_tab *tab, int64_t n) {
+    int32_t a[W], b[W];
+    tab->n = n;
+    tab->cols = tail_mask(n);
+    for (int64_t k = 0; k < n; ++k) {
+        for (int l = 0; l < W; ++l) {
+            int32_t f = (int32_t)(k * W + l);
+            a[l] = f / (int32_t)n;
+            b[l] = f % (int32_t)n;
+        }
+        tab->row_of[k] = vi_load(a);
+        tab->col_of[k] = vi_load(b);
+    }
+}
+
+INLINE vf per_row(const narrow_tab *tab, vf v, int64_t k) { return vperm(v, tab->row_of[k]); }
+
+/* The W rows at x (n apart) as columns: c[j] lane r = x[r n + j] for j < n. */
+INLINE void load_columns(const narrow_tab *tab, const float *x, vf c[W]) {
+    for (int r = 0; r < W; ++r) c[r] = vload_mask(tab->cols, x + r * tab->n, 0.0f);
+    transpose(c);
+}
+
+/* The inverse: columns c[0:n) back to W rows of n at y. */
+INLINE void store_columns(const narrow_tab *tab, vf c[W], float *y) {
+    for (int64_t j = tab->n; j < W; ++j) c[j] = vzero();
+    transpose(c);
+    for (int r = 0; r < W; ++r) vstore_mask(y + r * tab->n, tab->cols, c[r]);
+}
+
+INLINE vf columns_max(const narrow_tab *tab, const vf c[W]) {
+    vf m = vset(-INFINITY);
+    for (int64_t j = 0; j < tab->n; ++j) m = vmax(m, c[j]);
     return m;
 }
 
-/* s' of 16 rows from their columns (see row_rest). */
-static inline vf columns_rest(const narrow_tab *tab, const vf c[W], vf m) {
-    vf shift = shift_of(m), s = _mm512_setzero_ps(), ties = _mm512_setzero_ps();
+/* s' of W rows from their columns (see row_rest). */
+INLINE vf columns_rest(const narrow_tab *tab, const vf c[W], vf m) {
+    vf shift = shift_of(m), s = vzero(), ties = vzero();
     for (int64_t j = 0; j < tab->n; ++j) {
-        vm k = _mm512_cmp_ps_mask(c[j], m, _CMP_NEQ_UQ);
-        s = _mm512_mask_add_ps(s, k, s, vexp_nonpos(_mm512_sub_ps(c[j], shift)));
-        ties = _mm512_mask_add_ps(ties, (vm)~k, ties, _mm512_set1_ps(1.0f));
+        vm k = vcmp(c[j], m, _CMP_NEQ_UQ);
+        s = vadd_if(k, s, vexp_nonpos(vsub(c[j], shift), F32));
+        ties = vadd_if(m_not(k), ties, vset(1.0f));
     }
-    return fix_rest(_mm512_add_ps(s, _mm512_sub_ps(ties, _mm512_set1_ps(1.0f))), m);
+    return fix_rest(vadd(s, vsub(ties, vset(1.0f))), m);
 }
 
-/* Row sums of a flat 16 x n block (the segmented sums of a row-major buffer). */
-static inline vf row_sums(const narrow_tab *tab, const float *v) {
-    vf c[W], s = _mm512_setzero_ps();
+/* Row sums of a flat W x n block (the segmented sums of a row-major buffer). */
+INLINE vf row_sums(const narrow_tab *tab, const float *v) {
+    vf c[W], s = vzero();
     load_columns(tab, v, c);
-    for (int64_t j = 0; j < tab->n; ++j) s = _mm512_add_ps(s, c[j]);
+    for (int64_t j = 0; j < tab->n; ++j) s = vadd(s, c[j]);
     return s;
 }
 
-static void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int log) {
+INLINE void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int log) {
     vf c[W];
     int64_t n = tab->n;
     load_columns(tab, x, c);
     vf m = columns_max(tab, c), shift = shift_of(m);
     if (log) {
         vf l = vlog1p(columns_rest(tab, c, m));
-        for (int64_t j = 0; j < n; ++j) c[j] = _mm512_sub_ps(_mm512_sub_ps(c[j], shift), l);
+        for (int64_t j = 0; j < n; ++j) c[j] = vsub(vsub(c[j], shift), l);
     } else {
-        vf s = _mm512_setzero_ps();
+        vf s = vzero();
         for (int64_t j = 0; j < n; ++j) {
-            c[j] = vexp_nonpos(_mm512_sub_ps(c[j], shift));
-            s = _mm512_add_ps(s, c[j]);
+            c[j] = vexp_nonpos(vsub(c[j], shift), F32);
+            s = vadd(s, c[j]);
         }
-        vf inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
-        for (int64_t j = 0; j < n; ++j) c[j] = _mm512_mul_ps(c[j], inv);
+        vf inv = vdiv(vset(1.0f), s);
+        for (int64_t j = 0; j < n; ++j) c[j] = vmul(c[j], inv);
     }
     store_columns(tab, c, y);
 }
 
-static void narrow_softmax_bwd(const narrow_tab *tab, const float *y, const float *dy, float *dx, int log,
+INLINE void vput(float *p, vf v, int stream) { if (stream) vstream(p, v); else vstore(p, v); }
+
+INLINE void narrow_softmax_bwd(const narrow_tab *tab, const float *y, const float *dy, float *dx, int log,
                                int stream) {
-    _Alignas(64) float prod[NARROW_MAX * W];
+    _Alignas(64) float prod[W * W];
     int64_t n = tab->n;
     const float *src = dy;
     if (!log) {
-        for (int64_t k = 0; k < n; ++k)
-            _mm512_store_ps(prod + k * W, _mm512_mul_ps(_mm512_loadu_ps(y + k * W), _mm512_loadu_ps(dy + k * W)));
+        for (int64_t k = 0; k < n; ++k) vstore(prod + k * W, vmul(vload(y + k * W), vload(dy + k * W)));
         src = prod;
     }
     vf d = row_sums(tab, src);
     for (int64_t k = 0; k < n; ++k) {
-        vf yv = _mm512_loadu_ps(y + k * W), g = _mm512_loadu_ps(dy + k * W), dk = per_row(tab, d, k);
-        store(dx + k * W, log ? _mm512_fnmadd_ps(vexp(yv), dk, g) : _mm512_mul_ps(yv, _mm512_sub_ps(g, dk)), stream);
+        vf yv = vload(y + k * W), g = vload(dy + k * W), dk = per_row(tab, d, k);
+        vput(dx + k * W, log ? vfnma(vexp(yv), dk, g) : vmul(yv, vsub(g, dk)), stream);
     }
 }
 
-/* Returns how many of the 16 targets are out of range (their loss is nan). */
-static int narrow_ce_fwd(const narrow_tab *tab, const float *x, const int64_t *t, float *loss, float *shift,
+/* The W targets as int32 lanes; *bad counts those outside [0, n) (their loss is nan). */
+INLINE vi narrow_targets(const int64_t *t, int64_t n, vm *bad) {
+    _Alignas(64) int32_t t32[W];
+    _Alignas(64) float badf[W];
+    for (int r = 0; r < W; ++r) {
+        int out = t[r] < 0 || t[r] >= n;
+        t32[r] = out ? -1 : (int32_t)t[r];
+        badf[r] = out ? 1.0f : 0.0f;
+    }
+    if (bad) *bad = vcmp(vload(badf), vzero(), _CMP_NEQ_OQ);
+    return vi_load(t32);
+}
+
+/* Returns how many of the W targets are out of range (their loss is nan). */
+INLINE int narrow_ce_fwd(const narrow_tab *tab, const float *x, const int64_t *t, float *loss, float *shift,
                          float *lse_tail) {
     vf c[W];
     load_columns(tab, x, c);
     vf m = columns_max(tab, c), sh = shift_of(m);
     vf l = vlog1p(columns_rest(tab, c, m));
-    __m512i t_lo = _mm512_loadu_si512(t), t_hi = _mm512_loadu_si512(t + 8);
-    __m512i nv = _mm512_set1_epi64(tab->n), zero = _mm512_setzero_si512();
-    vm bad = (vm)(_mm512_cmplt_epi64_mask(t_lo, zero) | _mm512_cmpge_epi64_mask(t_lo, nv)) |
-             (vm)((vm)(_mm512_cmplt_epi64_mask(t_hi, zero) | _mm512_cmpge_epi64_mask(t_hi, nv)) << 8);
-    vi t32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(t_lo)), _mm512_cvtepi64_epi32(t_hi), 1);
-    vf xt = _mm512_setzero_ps();
+    vm bad;
+    vi t32 = narrow_targets(t, tab->n, &bad);
+    vf xt = vzero();
     for (int64_t j = 0; j < tab->n; ++j)  /* x[t] of each row: pick column t */
-        xt = _mm512_mask_mov_ps(xt, _mm512_cmpeq_epi32_mask(t32, _mm512_set1_epi32((int)j)), c[j]);
-    vf lv = _mm512_add_ps(_mm512_sub_ps(sh, xt), l);
-    _mm512_storeu_ps(loss, _mm512_mask_mov_ps(lv, bad, _mm512_set1_ps(NAN)));
-    _mm512_storeu_ps(shift, sh);
-    _mm512_storeu_ps(lse_tail, l);
-    return __builtin_popcount((unsigned)bad);
+        xt = vsel(vi_eq(t32, vi_set((int32_t)j)), c[j], xt);
+    vf lv = vadd(vsub(sh, xt), l);
+    vstore(loss, vsel(bad, vset(NAN), lv));
+    vstore(shift, sh);
+    vstore(lse_tail, l);
+    return m_count(bad);
 }
 
-static void narrow_ce_bwd(const narrow_tab *tab, const float *x, const int64_t *t, const float *shift,
+INLINE void narrow_ce_bwd(const narrow_tab *tab, const float *x, const int64_t *t, const float *shift,
                           const float *lse_tail, const float *g, float *dx, int stream) {
-    __m512i t_lo = _mm512_loadu_si512(t), t_hi = _mm512_loadu_si512(t + 8);
-    vi t32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(t_lo)), _mm512_cvtepi64_epi32(t_hi), 1);
+    vi t32 = narrow_targets(t, tab->n, NULL);
     /* exp((x - shift) - l): x - shift is exact near the max, and l = log1p(s') is small */
-    vf sh = _mm512_loadu_ps(shift), l = _mm512_loadu_ps(lse_tail), gv = _mm512_loadu_ps(g);
+    vf sh = vload(shift), l = vload(lse_tail), gv = vload(g);
     for (int64_t k = 0; k < tab->n; ++k) {
-        vf p = vexp_nonpos(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k * W), per_row(tab, sh, k)), per_row(tab, l, k)));
-        vm hot = _mm512_cmpeq_epi32_mask(tab->col_of[k], _mm512_permutexvar_epi32(tab->row_of[k], t32));
-        p = _mm512_mask_sub_ps(p, hot, p, _mm512_set1_ps(1.0f));
-        store(dx + k * W, _mm512_mul_ps(p, per_row(tab, gv, k)), stream);
+        vf p = vexp_nonpos(vsub(vsub(vload(x + k * W), per_row(tab, sh, k)), per_row(tab, l, k)), F32);
+        vm hot = vi_eq(tab->col_of[k], vi_of(vperm(vf_of(t32), tab->row_of[k])));
+        p = vsel(hot, vsub(p, vset(1.0f)), p);
+        vput(dx + k * W, vmul(p, per_row(tab, gv, k)), stream);
     }
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* driving: split the work into units (a row, or a block of 16 rows) over the threads                    */
+/* driving: split the work into units (a row, or a block of W rows) over the threads                     */
 
 enum op { OP_SOFTMAX, OP_LOG_SOFTMAX, OP_SOFTMAX_BWD, OP_LOG_SOFTMAX_BWD, OP_CE_FWD, OP_CE_BWD };
 
 typedef struct {
     enum op op;
-    const float *a, *b, *g;      /* x (or y), dy, dloss */
+    int dt;                      /* element type of a, b, g and out (shift and lse_tail are float32) */
+    const void *a, *b, *g;       /* x (or y), dy, dloss */
     const int64_t *t;
-    float *out, *shift, *lse_tail;  /* y / dx / loss, and the per-row statistics of the loss */
+    void *out;                   /* y / dx / loss */
+    float *shift, *lse_tail;     /* the per-row statistics of the loss */
     int64_t m, n;
     int narrow, stream;
     narrow_tab tab;
@@ -703,56 +957,112 @@ typedef struct {
 
 static int64_t units_of(const job *j) { return j->narrow ? (j->m + W - 1) / W : j->m; }
 
-/* Processes units [u0, u1); returns the number of bad targets, or -1 when out of memory. */
-static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
-    int64_t n = j->n, bad = 0;
+/* Widens len elements of dtype dt to float32 (src may be NULL: nothing to do). */
+INLINE void widen(const void *src, float *dst, int64_t len, int dt) {
+    if (!src) return;
+    int64_t i = 0;
+    for (; i + W <= len; i += W) vstore(dst + i, ld(src, i, dt));
+    if (i < len) vstore_mask(dst + i, tail_mask(len - i), ld_tail(src, i, len - i, 0.0f, dt));
+}
+
+/* One W-row block of a narrow float32 job: a, b (y, dy), out of the block, t, shift, lse_tail and g of its
+   first row. Returns the number of bad targets (ce forward). */
+INLINE int narrow_block(const job *j, const float *a, const float *b, float *out, const int64_t *t, float *shift,
+                        float *lse_tail, const float *g, int st) {
+    switch (j->op) {
+    case OP_SOFTMAX: narrow_softmax(&j->tab, a, out, 0); break;
+    case OP_LOG_SOFTMAX: narrow_softmax(&j->tab, a, out, 1); break;
+    case OP_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, b, out, 0, st); break;
+    case OP_LOG_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, b, out, 1, st); break;
+    case OP_CE_FWD: return narrow_ce_fwd(&j->tab, a, t, out, shift, lse_tail);
+    case OP_CE_BWD: narrow_ce_bwd(&j->tab, a, t, shift, lse_tail, g, out, st); break;
+    }
+    return 0;
+}
+
+/* Processes units [u0, u1) with rows of dtype dt; returns the number of bad targets, or -1 when out of
+   memory. Always inlined into the three instantiations below, so dt is a constant in each. */
+INLINE int64_t run_units_body(const job *j, int64_t u0, int64_t u1, const int dt) {
+    const int64_t n = j->n, es = ESIZE(dt);
+    int64_t bad = 0;
     int64_t r0 = j->narrow ? u0 * W : u0, r1 = j->narrow ? u1 * W : u1;
     if (r1 > j->m) r1 = j->m;
     int64_t r = r0;
+    const char *a = (const char *)j->a, *b = (const char *)j->b;
+    char *out = (char *)j->out;
     if (j->narrow) {
-        /* the output of a 16-row block is 16 n floats: 64-byte aligned when the buffers are */
-        int st = j->stream && ((uintptr_t)j->out & 63) == 0;
+        /* the output of a W-row block is W n floats: vector-aligned when the buffers are */
+        int stream_ok = j->stream && dt == F32 && vec_aligned(j->out, 0, F32);
         for (; r + W <= r1; r += W) {
-            const float *a = j->a + r * n;
-            float *o = j->op == OP_CE_FWD ? NULL : j->out + r * n;
-            switch (j->op) {
-            case OP_SOFTMAX: narrow_softmax(&j->tab, a, o, 0); break;
-            case OP_LOG_SOFTMAX: narrow_softmax(&j->tab, a, o, 1); break;
-            case OP_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, j->b + r * n, o, 0, st); break;
-            case OP_LOG_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, j->b + r * n, o, 1, st); break;
-            case OP_CE_FWD: bad += narrow_ce_fwd(&j->tab, a, j->t + r, j->out + r, j->shift + r, j->lse_tail + r); break;
-            case OP_CE_BWD: narrow_ce_bwd(&j->tab, a, j->t + r, j->shift + r, j->lse_tail + r, j->g + r, o, st); break;
+            if (dt == F32) {
+                const float *fa = (const float *)j->a, *fb = (const float *)j->b;
+                float *fo = (float *)j->out + (j->op == OP_CE_FWD ? r : r * n);
+                bad += narrow_block(j, fa + r * n, fb ? fb + r * n : NULL, fo, j->t + r, j->shift + r,
+                                    j->lse_tail + r, j->g ? (const float *)j->g + r : NULL, stream_ok);
+                continue;
             }
+            /* half precision: widen the block (and dloss) to float32, run the float32 block, round back */
+            _Alignas(64) float xa[W * W], xb[W * W], xo[W * W], xg[W] = {0};
+            widen(a + r * n * es, xa, W * n, dt);
+            widen(j->b ? b + r * n * es : NULL, xb, W * n, dt);
+            widen(j->g ? (const char *)j->g + r * es : NULL, xg, W, dt);
+            bad += narrow_block(j, xa, xb, xo, j->t + r, j->shift + r, j->lse_tail + r, xg, 0);
+            int64_t len = j->op == OP_CE_FWD ? W : W * n, i = 0;
+            char *o = out + (j->op == OP_CE_FWD ? r : r * n) * es;
+            for (; i + W <= len; i += W) st(o, i, vload(xo + i), dt, 0);
+            if (i < len) st_tail(o, i, len - i, vload_mask(tail_mask(len - i), xo + i, 0.0f), dt);
         }
     }
     if (j->op == OP_SOFTMAX && r < r1) {
-        if (softmax_rows(j->a, j->out, n, r, r1, j->stream)) return -1;
+        if (softmax_rows(j->a, j->out, n, r, r1, j->stream, dt)) return -1;
         r = r1;
     }
     for (; r < r1; ++r) {  /* wide rows, and the last few rows of a narrow tensor */
-        const float *a = j->a + r * n;
-        float *o = j->out + (j->op == OP_CE_FWD ? r : r * n);
+        const char *ar = a + r * n * es;
+        char *o = out + r * n * es;
         switch (j->op) {
         case OP_SOFTMAX: break;  /* done above */
-        case OP_LOG_SOFTMAX: log_softmax_row(a, o, n, j->stream); break;
-        case OP_SOFTMAX_BWD: softmax_bwd_row(a, j->b + r * n, o, n, 0, j->stream); break;
-        case OP_LOG_SOFTMAX_BWD: softmax_bwd_row(a, j->b + r * n, o, n, 1, j->stream); break;
-        case OP_CE_FWD: bad += ce_fwd_row(a, j->t[r], n, o, j->shift + r, j->lse_tail + r); break;
-        case OP_CE_BWD: ce_bwd_row(a, j->t[r], n, j->shift[r], j->lse_tail[r], j->g[r], o, j->stream); break;
+        case OP_LOG_SOFTMAX: log_softmax_row(ar, o, n, j->stream, dt); break;
+        case OP_SOFTMAX_BWD: softmax_bwd_row(ar, b + r * n * es, o, n, 0, j->stream, dt); break;
+        case OP_LOG_SOFTMAX_BWD: softmax_bwd_row(ar, b + r * n * es, o, n, 1, j->stream, dt); break;
+        case OP_CE_FWD: {
+            float loss;
+            bad += ce_fwd_row(ar, j->t[r], n, &loss, j->shift + r, j->lse_tail + r, dt);
+            st1(out, r, loss, dt);
+            break;
+        }
+        case OP_CE_BWD:
+            ce_bwd_row(ar, j->t[r], n, j->shift[r], j->lse_tail[r], ld1(j->g, r, dt), o, j->stream, dt);
+            break;
         }
     }
     if (j->stream) _mm_sfence();  /* streamed stores are weakly ordered: publish them before returning */
     return bad;
 }
 
+__attribute__((flatten)) static int64_t run_units_f32(const job *j, int64_t u0, int64_t u1) {
+    return run_units_body(j, u0, u1, F32);
+}
+__attribute__((flatten)) static int64_t run_units_bf16(const job *j, int64_t u0, int64_t u1) {
+    return run_units_body(j, u0, u1, BF16);
+}
+__attribute__((flatten)) static int64_t run_units_f16(const job *j, int64_t u0, int64_t u1) {
+    return run_units_body(j, u0, u1, F16);
+}
+
+static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
+    return j->dt == BF16 ? run_units_bf16(j, u0, u1) : j->dt == F16 ? run_units_f16(j, u0, u1)
+                                                                     : run_units_f32(j, u0, u1);
+}
+
 static int64_t run(job *j, int threads) {
     if (j->m <= 0 || (j->n <= 0 && j->op != OP_CE_FWD)) return 0;
-    j->narrow = j->n <= NARROW_MAX && j->m >= W;
+    if (j->dt < F32 || j->dt > F16) return -2;
+    j->narrow = j->n <= W && j->m >= W;
     if (j->narrow) narrow_init(&j->tab, j->n);
-    int64_t out_bytes = (j->op == OP_CE_FWD ? j->m : j->m * j->n) * (int64_t)sizeof(float);
+    int64_t out_bytes = (j->op == OP_CE_FWD ? j->m : j->m * j->n) * (int64_t)ESIZE(j->dt);
     j->stream = out_bytes >= (int64_t)STREAM_MIN_BYTES;
     int64_t units = units_of(j);
-    int64_t result = 0;
 #ifdef _OPENMP
     if (threads > 1 && units > 1 && j->m * j->n >= PAR_MIN_WORK) {
         int nt = (int64_t)threads < units ? threads : (int)units;
@@ -768,66 +1078,83 @@ static int64_t run(job *j, int threads) {
 #else
     (void)threads;
 #endif
-    result = run_units(j, 0, units);
-    return result;
+    return run_units(j, 0, units);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* the ctypes interface (native.py); every buffer contiguous, float32 unless said otherwise               */
+/* the ctypes interface (native.py); every buffer contiguous; dtype: 0 float32, 1 bfloat16, 2 float16     */
 
 /* y = softmax(x) (log = 0) or log_softmax(x) (log = 1) along rows of n. Returns 0, or -1 when out of memory. */
-int native_softmax_fwd(const float *x, float *y, int64_t m, int64_t n, int log, int threads) {
-    job j = {.op = log ? OP_LOG_SOFTMAX : OP_SOFTMAX, .a = x, .out = y, .m = m, .n = n};
+int native_softmax_fwd(const void *x, void *y, int64_t m, int64_t n, int log, int dtype, int threads) {
+    job j = {.op = log ? OP_LOG_SOFTMAX : OP_SOFTMAX, .dt = dtype, .a = x, .out = y, .m = m, .n = n};
     return (int)run(&j, threads);
 }
 
-/* dx from y (the forward output) and dy. */
-int native_softmax_bwd(const float *y, const float *dy, float *dx, int64_t m, int64_t n, int log, int threads) {
-    job j = {.op = log ? OP_LOG_SOFTMAX_BWD : OP_SOFTMAX_BWD, .a = y, .b = dy, .out = dx, .m = m, .n = n};
+/* dx from y (the forward output) and dy, all of dtype. */
+int native_softmax_bwd(const void *y, const void *dy, void *dx, int64_t m, int64_t n, int log, int dtype,
+                       int threads) {
+    job j = {.op = log ? OP_LOG_SOFTMAX_BWD : OP_SOFTMAX_BWD, .dt = dtype, .a = y, .b = dy, .out = dx, .m = m, .n = n};
     return (int)run(&j, threads);
 }
 
-/* loss[m] from logits [m, n] and int64 targets [m]; saves shift[m] and lse_tail[m] (= log1p(s')) for the
-   backward. Returns the number of targets outside [0, n). */
-int64_t native_ce_fwd(const float *x, const int64_t *t, float *loss, float *shift, float *lse_tail, int64_t m,
-                      int64_t n, int threads) {
-    job j = {.op = OP_CE_FWD, .a = x, .t = t, .out = loss, .shift = shift, .lse_tail = lse_tail, .m = m, .n = n};
+/* loss[m] (dtype) from logits [m, n] (dtype) and int64 targets [m]; saves float32 shift[m] and lse_tail[m]
+   (= log1p(s')) for the backward. Returns the number of targets outside [0, n). */
+int64_t native_ce_fwd(const void *x, const int64_t *t, void *loss, float *shift, float *lse_tail, int64_t m,
+                      int64_t n, int dtype, int threads) {
+    job j = {.op = OP_CE_FWD, .dt = dtype, .a = x, .t = t, .out = loss, .shift = shift, .lse_tail = lse_tail,
+             .m = m, .n = n};
     return run(&j, threads);
 }
 
-/* dx [m, n] = g (softmax(x) - onehot(t)) from the forward's saved statistics and dloss g [m]. */
-int native_ce_bwd(const float *x, const int64_t *t, const float *shift, const float *lse_tail, const float *g,
-                  float *dx, int64_t m, int64_t n, int threads) {
-    job j = {.op = OP_CE_BWD, .a = x, .t = t, .shift = (float *)shift, .lse_tail = (float *)lse_tail, .g = g,
-             .out = dx, .m = m, .n = n};
+/* dx [m, n] = g (softmax(x) - onehot(t)) from the forward's saved statistics and dloss g [m] (dtype). */
+int native_ce_bwd(const void *x, const int64_t *t, const float *shift, const float *lse_tail, const void *g,
+                  void *dx, int64_t m, int64_t n, int dtype, int threads) {
+    job j = {.op = OP_CE_BWD, .dt = dtype, .a = x, .t = t, .shift = (float *)shift, .lse_tail = (float *)lse_tail,
+             .g = g, .out = dx, .m = m, .n = n};
     return (int)run(&j, threads);
 }
 
-/* The vector exp and log1p alone, for the tests: y[i] = f(x[i]). native_exp_nonpos is the kernels' hot
-   path (defined for x <= 0 and nan), native_exp the general one. */
+/* The vector exp and log1p alone, for the tests: y[i] = f(x[i]) in float32. native_exp_nonpos is the
+   kernels' hot path (defined for x <= 0 and nan; dtype picks the float32 or the half-precision
+   polynomial), native_exp the general one. */
 void native_exp(const float *x, float *y, int64_t len) {
     for (int64_t i = 0; i < len; i += W) {
         vm k = tail_mask(len - i);
-        _mm512_mask_storeu_ps(y + i, k, vexp(_mm512_maskz_loadu_ps(k, x + i)));
+        vstore_mask(y + i, k, vexp(vload_mask(k, x + i, 0.0f)));
     }
 }
 
-void native_exp_nonpos(const float *x, float *y, int64_t len) {
+void native_exp_nonpos(const float *x, float *y, int64_t len, int dtype) {
     for (int64_t i = 0; i < len; i += W) {
         vm k = tail_mask(len - i);
-        _mm512_mask_storeu_ps(y + i, k, vexp_nonpos(_mm512_maskz_loadu_ps(k, x + i)));
+        vf v = vload_mask(k, x + i, 0.0f);
+        vstore_mask(y + i, k, dtype == F32 ? vexp_nonpos(v, F32) : vexp_nonpos(v, BF16));
     }
 }
 
 void native_log1p(const float *x, float *y, int64_t len) {
     for (int64_t i = 0; i < len; i += W) {
         vm k = tail_mask(len - i);
-        _mm512_mask_storeu_ps(y + i, k, vlog1p(_mm512_maskz_loadu_ps(k, x + i)));
+        vstore_mask(y + i, k, vlog1p(vload_mask(k, x + i, 0.0f)));
+    }
+}
+
+/* dst[0:len) = src[0:len) converted from dtype `from` to dtype `to` (0/1/2), rounding to nearest even: the
+   conversions the kernels use, for the tests to hold against torch's. */
+void native_convert(const void *src, void *dst, int64_t len, int from, int to) {
+    for (int64_t i = 0; i < len; i += W) {
+        int64_t left = len - i;
+        vf v = from == F32 ? (left >= W ? ld(src, i, F32) : ld_tail(src, i, left, 0.0f, F32))
+             : from == BF16 ? (left >= W ? ld(src, i, BF16) : ld_tail(src, i, left, 0.0f, BF16))
+                            : (left >= W ? ld(src, i, F16) : ld_tail(src, i, left, 0.0f, F16));
+        if (to == F32) { if (left >= W) st(dst, i, v, F32, 0); else st_tail(dst, i, left, v, F32); }
+        else if (to == BF16) { if (left >= W) st(dst, i, v, BF16, 0); else st_tail(dst, i, left, v, BF16); }
+        else { if (left >= W) st(dst, i, v, F16, 0); else st_tail(dst, i, left, v, F16); }
     }
 }
 
 /* dst[0:bytes) = src[0:bytes) with the fastest copy this CPU has for buffers that do not fit in cache:
-   64-byte loads and non-temporal stores (no read-for-ownership of dst), split over `threads`. Not a kernel
+   vector loads and non-temporal stores (no read-for-ownership of dst), split over `threads`. Not a kernel
    of the variant: the throughput harness's second roofline (bench/throughput.py), since PyTorch's copy_
    reads every destination line before writing it and so moves 1.5x the bytes it counts. Below
    STREAM_MIN_BYTES it is memcpy: a small copy is served from cache, where streaming would be slower. */
@@ -837,14 +1164,7 @@ static void stream_part(const char *s, char *d, int64_t n) {
     memcpy(d, s, (size_t)head);
     s += head; d += head; n -= head;
     int64_t i = 0;
-    for (; i + 256 <= n; i += 256) {
-        __m512i a = _mm512_loadu_si512(s + i), b = _mm512_loadu_si512(s + i + 64);
-        __m512i c = _mm512_loadu_si512(s + i + 128), e = _mm512_loadu_si512(s + i + 192);
-        _mm512_stream_si512((__m512i *)(d + i), a);
-        _mm512_stream_si512((__m512i *)(d + i + 64), b);
-        _mm512_stream_si512((__m512i *)(d + i + 128), c);
-        _mm512_stream_si512((__m512i *)(d + i + 192), e);
-    }
+    for (; i + 256 <= n; i += 256) stream_line4(d + i, s + i);
     memcpy(d + i, s + i, (size_t)(n - i));
     _mm_sfence();
 }
@@ -882,3 +1202,6 @@ int native_openmp(void) {
     return 0;
 #endif
 }
+
+/* The ISA path this library was compiled for: "avx512" or "avx2". */
+const char *native_isa(void) { return ISA_NAME; }

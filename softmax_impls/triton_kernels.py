@@ -1,9 +1,15 @@
 """Hand-written Triton kernels: fused softmax / log-softmax and cross-entropy, forward and backward (CUDA).
 
 One program per row. A row of up to MAX_FUSED_BLOCK elements is loaded once into registers as one block
-(max, exp, sum and store without touching memory again: the Triton fused-softmax tutorial's kernel). A
+(max, exp, sum and store without touching memory again: the Triton fused-softmax tutorial's kernel); 32768
+float32 elements over 32 warps compile to about 60 registers a thread without spills (ptxas, sm_90a). A
 longer row is walked in LOOP_BLOCK-wide blocks twice: first the online normalizer (running max m and sum
-d, Milakov & Gimelshein 2018), then the output pass; the second read mostly hits L2.
+d, Milakov & Gimelshein 2018), then the output pass. That second read does NOT hit L2 on a big GPU: an H100
+holds about 400 rows in flight (8 warps a program), 200-400 MB at 131K-262K columns against a 50 MB L2, so
+rows longer than MAX_FUSED_BLOCK cost three DRAM passes (read, read, write) instead of two: at most about
+2/3 of the copy bandwidth. Reaching the copy there needs the row on chip across several SMs (thread-block
+clusters with distributed shared memory, as quack does), which Triton does not express; the GPU target says
+so (bench/presets.py).
 
 Bytes moved per row of n elements of s bytes (what the throughput report divides by):
   softmax forward:      read n*s, write n*s                  -> 2*M*N*s in all
@@ -42,8 +48,8 @@ except ImportError:  # pragma: no cover - triton is in the venv here
 # Read once, like triton.jit does when it decorates the kernels below.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 
-# Longest row held in registers as one block; 16K float32 = 64 KiB per row spread over 16 warps.
-MAX_FUSED_BLOCK = 16384
+# Longest row held in registers as one block; 32K float32 = 128 KiB per row spread over 32 warps.
+MAX_FUSED_BLOCK = 32768
 # Block width of the looped kernels for longer rows.
 LOOP_BLOCK = 4096
 
@@ -176,7 +182,7 @@ def _block(n_cols: int) -> tuple[int, bool, int]:
     """(BLOCK, SINGLE, num_warps) for a row of n_cols elements."""
     fused = triton.next_power_of_2(max(1, n_cols))
     if fused <= MAX_FUSED_BLOCK:
-        return fused, True, 4 if fused <= 2048 else (8 if fused <= 8192 else 16)
+        return fused, True, 4 if fused <= 2048 else (8 if fused <= 8192 else (16 if fused <= 16384 else 32))
     return LOOP_BLOCK, False, 8
 
 

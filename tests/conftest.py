@@ -26,8 +26,11 @@ def devices_under_test() -> list[torch.device]:
     return devices
 
 
-@pytest.fixture(params=devices_under_test(), ids=str)
+@pytest.fixture(params=[pytest.param(d, marks=[pytest.mark.cuda] if d.type == "cuda" else [], id=str(d))
+                        for d in devices_under_test()])
 def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each test taking `device` runs on the CPU and, where there is one, the GPU; the GPU instances carry
+    the `cuda` marker, so `pytest -m cuda` selects exactly what needs a GPU."""
     return request.param
 
 

@@ -6,8 +6,12 @@ Corrupt copies are the real files written into tmp_path with one of them damaged
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import struct
+import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,6 +105,7 @@ CORRUPTIONS = {
     "label-out-of-range": ("train-labels-idx1-ubyte",
                            lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([10])), "label 10"),
     "header-only": ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(b"\0\0\x08"), "too short"),
+    "padded": ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(p.read_bytes() + b"\0" * 100), "padded"),
 }
 
 
@@ -123,6 +128,7 @@ def test_corrupt_file_is_a_user_error(case: str, good_plain: dict[str, Path], tm
         data.load(search=[folder], download=False, cache_dir=None, quiet=True)
     message = str(info.value)
     assert name in message and words in message and str(folder) in message
+    assert "replace it with an intact copy" in message  # what to do, not only what is wrong
     assert "apt-get install dataset-fashion-mnist" in message and "\n" not in message
 
 
@@ -175,3 +181,103 @@ def test_cli_without_data_prints_one_paragraph(tmp_path: Path, monkeypatch: pyte
     for place in ("nowhere", "data/FashionMNIST/raw", "no-system-copy", "no network", "dataset-fashion-mnist"):
         assert place in paragraph
     assert not (tmp_path / "results").exists()  # no empty run folder left behind
+
+
+# --- a gzip bomb, the copy that trained, and a $FASHION_MNIST_DIR passed over ----------------------------
+
+def _gzip_stream(path: Path, header: bytes, body_bytes: int) -> None:
+    """header + body_bytes zero bytes, gzipped in 1 MiB writes (a bomb: a few hundred KB on disk)."""
+    block = bytes(1 << 20)
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
+        f.write(header)
+        for _ in range(body_bytes // len(block)):
+            f.write(block)
+        f.write(bytes(body_bytes % len(block)))
+
+
+def test_gzip_bomb_is_refused_after_the_promised_bytes(good_plain: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    for name, path in good_plain.items():
+        if name != "t10k-labels-idx1-ubyte":
+            (folder / name).symlink_to(path)
+    bomb = folder / "t10k-labels-idx1-ubyte.gz"
+    _gzip_stream(bomb, struct.pack(">2I", data.LABEL_MAGIC, 10000), 10000 + 128 * 2**20)  # 128 MiB too long
+    assert bomb.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError) as info:
+            data.read_idx(bomb, data.LABEL_MAGIC, 10000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # the header's 10000 bytes and one more, never the 128 MiB
+    assert str(bomb) in str(info.value) and "padded" in str(info.value) and "replace it" in str(info.value)
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz has more bytes of labels"):
+        data.load(search=[folder], download=False, cache_dir=None, quiet=True)
+
+
+def test_gzip_header_is_checked_before_the_body(tmp_path: Path) -> None:
+    # A wrong magic or count is refused from the first 16 bytes: the 47 MB body is never decompressed.
+    wrong = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_stream(wrong, struct.pack(">4I", 2049, 60000, 28, 28), 64 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError, match="magic number 2049, but an IDX images file starts with 2051"):
+            data.read_idx(wrong, data.IMAGE_MAGIC, 60000)
+        assert tracemalloc.get_traced_memory()[1] < 2**20
+    finally:
+        tracemalloc.stop()
+    _gzip_stream(wrong, struct.pack(">4I", 2051, 60000, 28, 28), 1000)
+    with pytest.raises(data.DataError, match=r"has 1000 bytes of images .* promises 47040000 .*truncated"):
+        data.read_idx(wrong, data.IMAGE_MAGIC, 60000)
+
+
+def test_describe_names_the_copy_and_its_sha256(good_plain: dict[str, Path], fashion: data.FashionMNIST,
+                                                tmp_path: Path) -> None:
+    folder = good_plain["train-images-idx3-ubyte"].parent
+    ds = data.load(search=[folder], download=False, cache_dir=None)
+    described = data.describe(ds)
+    assert described["folder"] == str(folder.resolve())
+    assert described["train_images"] == 60000 and described["test_images"] == 10000
+    assert set(described["files"]) == set(data.FILE_NAMES)
+    for name, path in good_plain.items():
+        assert described["files"][name] == {"file": name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+    # training records the copy it trained on in run.json (here a 256-image subset of the real one)
+    from bench.results import Run
+    from bench.training import train_into
+    from softmax_impls import get
+
+    run = Run.create(tmp_path / "runs", ["softmax-bench", "train"], {})
+    subset = replace(fashion, train_images=fashion.train_images[:256], train_labels=fashion.train_labels[:256])
+    train_into(run, [get("torch")], ["standard"], torch.device("cpu"), epochs=1, dataset=subset)
+    recorded = json.loads((run.path / "run.json").read_text())["dataset"]
+    assert recorded["folder"] == str(Path(fashion.source).resolve()) and recorded["train_images"] == 256
+    assert all(len(f["sha256"]) == 64 for f in recorded["files"].values()) and len(recorded["files"]) == 4
+
+
+@pytest.mark.parametrize("asked", ["", "missing", "empty"])
+def test_fashion_mnist_dir_passed_over_is_said(asked: str, good_plain: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    good = good_plain["train-images-idx3-ubyte"].parent
+    monkeypatch.setattr(data, "LOCAL_RAW_DIR", good)  # the copy found instead
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    folder = {"": "", "missing": str(tmp_path / "nowhere"), "empty": str(tmp_path / "empty")}[asked]
+    if asked == "empty":
+        (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("FASHION_MNIST_DIR", folder)
+    assert data.load(download=False, cache_dir=None).source == good
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "$FASHION_MNIST_DIR" in lines[0] and f"using the copy in {good} instead" in lines[0]
+    assert folder in lines[0] and {"": "is set but empty", "missing": "not found",
+                                   "empty": "an empty folder"}[asked] in lines[0]
+
+
+def test_fashion_mnist_dir_used_says_nothing(good_plain: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    folder = good_plain["train-images-idx3-ubyte"].parent
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(folder))
+    assert data.load(download=False, cache_dir=None).source == folder
+    assert capsys.readouterr().err == ""

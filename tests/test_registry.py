@@ -27,8 +27,8 @@ def test_chapter_variants_are_discovered_through_entry_points() -> None:
     declared = {ep.name: ep.value for ep in entry_points(group=softmax_impls.ENTRY_POINT_GROUP)}
     for name in CHAPTER:
         assert name in declared and name in softmax_impls.names()
-    # Every declared entry point is either usable or reported broken: nothing is silently dropped.
-    assert set(softmax_impls.names()) | set(softmax_impls.broken()) == set(declared)
+    # Every declared entry point is usable, reported broken or reported as a conflict: nothing silently dropped.
+    assert set(softmax_impls.names()) | set(softmax_impls.broken()) | set(softmax_impls.conflicts()) == set(declared)
     assert declared["torch"] == "softmax_impls.torch_builtin:variant"
     for name in softmax_impls.names():
         variant = softmax_impls.get(name)

@@ -28,7 +28,8 @@ from bench.timing import (
 )
 
 CPU = torch.device("cpu")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def needs_cuda(test):  # noqa: ANN001, ANN201 - a decorator: the `cuda` marker (pytest -m cuda) and the skip
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 # --- statistics: exact values worked out by hand ---------------------------------------------------

@@ -118,24 +118,23 @@ def test_softmax_along_another_dim(name: str, device: torch.device) -> None:
 # row, 90x on a 20011-class one). The fused formulations (logsumexp, torch) stay within 1.05x.
 KNOWN_GRADIENT_BREAKDOWNS = {
     ("naive", torch.float16): "unfused -log(p) gradient in float16: 1/p_t of a rounded, near-subnormal p_t",
-    ("max_subtracted", torch.float16): "unfused -log(p) gradient in float16: 1/p_t of a rounded, subnormal p_t",
 }
+# (max_subtracted float16 left the table when its shift was detached: the error had ridden on the gradient
+# through amax, which spread the rounded 1 - sum(p) onto the max entry.)
 
 
 def _gradient_cases() -> list:
-    cases = []
-    for name in NAMES:
-        for dtype in DTYPES:
-            reason = KNOWN_GRADIENT_BREAKDOWNS.get((name, dtype))
-            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-            cases.append(pytest.param(name, dtype, marks=marks, id=f"{name}-{dtype_name(dtype)}"))
-    return cases
+    return [pytest.param(name, dtype, id=f"{name}-{dtype_name(dtype)}") for name in NAMES for dtype in DTYPES]
 
 
 @pytest.mark.parametrize("name, dtype", _gradient_cases())
-def test_cross_entropy_gradient_is_softmax_minus_onehot(name: str, dtype: torch.dtype,
-                                                        device: torch.device) -> None:
+def test_cross_entropy_gradient_is_softmax_minus_onehot(name: str, dtype: torch.dtype, device: torch.device,
+                                                        request: pytest.FixtureRequest) -> None:
     """d/dx of sum_i w_i CE(x_i, t_i) = w_i (softmax(x_i) - onehot(t_i)), through the variant's autograd."""
+    reason = KNOWN_GRADIENT_BREAKDOWNS.get((name, dtype))
+    if reason:
+        # measured on the CPU (strict there); on a GPU the float16 rounding may differ, so only expected
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=device.type == "cpu"))
     variant = _variant(name, device, dtype)
     tol, tiny = _limits(dtype, variant)
     for shape in GRAD_SHAPES:
