@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def slowed_variant(factor: float):  # noqa: ANN201 - softmax_impls.Variant, impo
                                softmax=repeat(base.softmax), cross_entropy=repeat(base.cross_entropy))
 
 
-def sweep(root: Path, variants: list[str], slowdown: float, preset: str) -> Path:
+def sweep(root: Path, variants: list[str], label: str, slowdown: float, preset: str, threads: int) -> Path:
     """One throughput run of `variants` (SLOWED built with `slowdown`) into a new folder under `root`."""
     import softmax_impls
     from bench.presets import THROUGHPUT_PRESETS
@@ -58,38 +59,88 @@ def sweep(root: Path, variants: list[str], slowdown: float, preset: str) -> Path
     from bench.throughput import throughput_into
 
     chosen = [slowed_variant(slowdown) if name == SLOWED else softmax_impls.get(name) for name in variants]
-    run = Run.create(root, sys.argv, {"probe_slowdown": slowdown})
-    throughput_into(run, chosen, torch.device("cpu"), THROUGHPUT_PRESETS[preset], summary=False)
+    run = Run.create(root, sys.argv, {"probe_label": label, "probe_slowdown": slowdown})
+    throughput_into(run, chosen, torch.device("cpu"), THROUGHPUT_PRESETS[preset], threads=threads, summary=False)
     return run.path
 
 
-def sweep_in_child(root: Path, variants: list[str], slowdown: float, preset: str) -> Path:
+def sweep_in_child(root: Path, variants: list[str], label: str, slowdown: float, preset: str, threads: int
+                   ) -> Path:
     """`sweep` in a fresh process: a CI job's runs never share a process, its heap or its warm caches."""
-    argv = [sys.executable, "-m", "bench.compare_probe", "--sweep", str(root), "--slowdown", str(slowdown),
-            "--preset", preset, *(f"--variant={v}" for v in variants)]
+    argv = [sys.executable, "-m", "bench.compare_probe", "--sweep", str(root), "--label", label,
+            "--slowdown", str(slowdown), "--preset", preset, "--threads", str(threads),
+            *(f"--variant={v}" for v in variants)]
     out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
+
+
+def tally(base: list[Path], new: list[Path], threshold: float) -> tuple[int, int, int, int, int]:
+    """(false 'slower' points outside SLOWED, SLOWED points caught, SLOWED points, unconfirmed warnings,
+    other failing points) of compare(base, new)."""
+    from bench import report_tables as T
+    from bench.compare import compare_throughput, fails
+
+    df = compare_throughput(T.load(base), T.load(new), threshold)
+    df = df[df["figure"] == "time µs"]
+    mine = df["variant"] == SLOWED
+    slower = df["verdict"] == "slower"
+    other = df["verdict"].map(lambda v: fails(v, False, False)) & ~slower
+    return (int((slower & ~mine).sum()), int((slower & mine).sum()), int(mine.sum()),
+            int(df["verdict"].str.contains("unconfirmed").sum()), int(other.sum()))
+
+
+def report(runs: dict[str, list[Path]], threshold: float) -> None:
+    """Print every comparison: one run a side (each BASE with each NEW), then all runs of a side pooled."""
+    print(f"compare at threshold {threshold:.0%}; 'false' = a 'slower' verdict on unchanged code")
+    for label in ("same", "1.5x", "3x"):
+        pairs = [([b], [n]) for b in runs["base"] for n in runs[label]]
+        if len(runs["base"]) > 1 and len(runs[label]) > 1:
+            pairs.append((runs["base"], runs[label]))
+        for base, new in pairs:
+            false, caught, total, warned, other = tally(base, new, threshold)
+            what = f"{len(base)} BASE run(s) vs {len(new)} NEW run(s)"
+            names = f"{'+'.join(p.name[9:15] for p in base)} vs {'+'.join(p.name[9:15] for p in new)}"
+            line = f"{label:5s} {what:28s} {names:30s} false slower: {false}"
+            if label != "same":
+                line += f"; {SLOWED} caught at {caught} of {total} points"
+            print(f"{line}; unconfirmed warnings: {warned}; other failures: {other}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare_probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", help=f"variants to sweep (default: {DEFAULT_VARIANTS})")
     parser.add_argument("--preset", default="quick")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each kind (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads, the same in every run, as CI must pin them (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.10)
     parser.add_argument("--keep", metavar="DIR", help="write the runs under DIR and keep them")
+    parser.add_argument("--reuse", metavar="DIR", help="compare the runs a --keep DIR holds; measure nothing")
     parser.add_argument("--sweep", metavar="ROOT", help=argparse.SUPPRESS)  # the child's part
     parser.add_argument("--slowdown", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--label", default="base", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     variants = list(dict.fromkeys(args.variant or DEFAULT_VARIANTS))
+    if SLOWED not in variants:
+        parser.error(f"the variant list must hold {SLOWED!r}")
     if args.sweep:
-        print(sweep(Path(args.sweep), variants, args.slowdown, args.preset))
+        print(sweep(Path(args.sweep), variants, args.label, args.slowdown, args.preset, args.threads))
         return 0
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="compare-probe-"))
-    root.mkdir(parents=True, exist_ok=True)
-    runs = {}
-    for label, factor in (("base", 1.0), ("same", 1.0), ("1.5x", 1.5), ("3x", 3.0)):
-        runs[label] = sweep_in_child(root, variants, factor, args.preset)
-        print(f"{label}: {runs[label]}", file=sys.stderr, flush=True)
-    print(runs)
+    kinds = {"base": 1.0, "same": 1.0, "1.5x": 1.5, "3x": 3.0}
+    runs: dict[str, list[Path]] = {label: [] for label in kinds}
+    if args.reuse:
+        for path in sorted(Path(args.reuse).iterdir()):
+            if (path / "run.json").is_file():
+                label = json.loads((path / "run.json").read_text())["commands"][0]["presets"]["probe_label"]
+                runs[label].append(path)
+    else:
+        root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="compare-probe-"))
+        root.mkdir(parents=True, exist_ok=True)
+        for label, factor in kinds.items():
+            for _ in range(args.runs):
+                runs[label].append(sweep_in_child(root, variants, label, factor, args.preset, args.threads))
+                print(f"{label}: {runs[label][-1]}", file=sys.stderr, flush=True)
+    report(runs, args.threshold)
     return 0
 
 

@@ -135,6 +135,7 @@ def machine_info() -> dict[str, Any]:
         "softmax_bench": pkg,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "native_isa": _native_isa(),
         "gpus": [],
     }
     if torch.cuda.is_available():
@@ -150,6 +151,15 @@ def machine_info() -> dict[str, Any]:
             })
         info["cuda_driver"] = _nvidia_driver()
     return info
+
+
+def _native_isa() -> str | None:
+    """The ISA path the `native` variant's C kernels run on (avx512 or avx2, and why), None without it."""
+    try:
+        from softmax_impls.native import isa_description
+    except Exception:
+        return None
+    return isa_description()
 
 
 def _nvidia_driver() -> str | None:

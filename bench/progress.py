@@ -6,9 +6,35 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from tqdm import tqdm
-
 T = TypeVar("T")
+
+try:
+    from tqdm import tqdm
+except ImportError:  # a machine with its own torch and no network may lack tqdm: plain lines, no bar
+
+    class tqdm:  # noqa: N801 - stands in for tqdm's class, with the few methods used here
+        def __init__(self, iterable: Iterable[T] | None = None, **_: object) -> None:
+            self.iterable = iterable if iterable is not None else ()
+            self.n = 0
+
+        def set_postfix(self, *_: object, **__: object) -> None:
+            pass
+
+        def __iter__(self) -> Iterator[T]:
+            return iter(self.iterable)
+
+        def set_postfix_str(self, *_: object, **__: object) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            pass
+
+        @staticmethod
+        def write(message: str, file: object = None) -> None:
+            print(message, file=file or sys.stderr, flush=True)
 
 
 def interactive() -> bool:

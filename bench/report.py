@@ -1,9 +1,8 @@
-"""Run folders -> a readable report, and a regression gate between two runs.
+"""Run folders -> a readable report (the regression gate between two runs is bench/compare.py).
 
     softmax-bench report results/<run>                       # -> reports/<run>/index.md and index.html
     softmax-bench report results/<cpu-run> results/<gpu-run> --out reports/cpu-and-h100
     softmax-bench report results/<run> --out my-folder --force   # write into a folder that is not a report
-    softmax-bench compare results/<base> results/<new> --threshold 10%    # exit 1 on a regression
     python -m bench.report check reports/<name>              # open index.html in headless Chromium
 
 The report reads only stored rows (bench/results.py), so any report can be regenerated and runs from
@@ -15,10 +14,6 @@ index.md quotes every name and message through one escaping helper (report_table
 A render writes the list of files it wrote into DIR/softmax-bench-report.json, and the next render of DIR
 replaces or deletes those and nothing else. A non-empty DIR that is not a report (no such list, and no
 index.md + index.html of an earlier softmax-bench) is refused unless --force, which deletes nothing.
-
-`compare` exits 0 when NEW is no worse than BASE, 1 on a regression, 2 on bad input (CI gate). A point
-counts as slower only when its median grew by more than --threshold AND NEW's p20 lies above BASE's p80,
-so run-to-run noise that the spreads cover never fails a build.
 """
 
 from __future__ import annotations
@@ -514,183 +509,6 @@ def run_report(args: argparse.Namespace) -> int:
         print("softmax-bench report: some parts are missing or damaged; the report says which.", file=sys.stderr)
     print(f"report: {index} and {index.parent / 'index.html'}")
     return 0
-
-
-# --- compare: the regression gate ---------------------------------------------------------------------------
-
-def parse_threshold(text: str) -> float:
-    """'10%', '10' or '0.1' -> 0.1."""
-    s = str(text).strip()
-    try:
-        value = float(s.rstrip("%"))
-    except ValueError:
-        raise UserError(f"--threshold {text!r} is not a number; write it like 10% or 0.1.") from None
-    if s.endswith("%") or value >= 1:
-        value /= 100
-    if not (0 <= value < 10) or math.isnan(value):
-        raise UserError(f"--threshold {text!r} is out of range; write a percentage like 10%.")
-    return value
-
-
-def judge_speed(base: dict[str, float], new: dict[str, float], threshold: float) -> str:
-    """'slower', 'faster', 'same', or 'slower (median only)' for one point.
-
-    `base` and `new` hold median_s and, when stored, p20_s and p80_s. Slower needs the median to grow by more
-    than `threshold` and NEW's p20 to lie above BASE's p80 (the spreads do not overlap); without stored
-    quantiles the median alone decides and the verdict says so.
-    """
-    bm, nm = base.get("median_s", math.nan), new.get("median_s", math.nan)
-    if not (bm > 0 and nm > 0):
-        return "n/a"
-    spreads = all(not math.isnan(d.get(k, math.nan)) for d in (base, new) for k in ("p20_s", "p80_s"))
-    if nm > bm * (1 + threshold):
-        if not spreads:
-            return "slower (median only)"
-        return "slower" if new["p20_s"] > base["p80_s"] else "same"
-    if nm * (1 + threshold) < bm:
-        if not spreads:
-            return "faster (median only)"
-        return "faster" if new["p80_s"] < base["p20_s"] else "same"
-    return "same"
-
-
-SPEED_REGRESSIONS = ("slower", "slower (median only)", "newly failing")
-KEY = ["variant", "device", "dtype", "op", "rows", "cols"]
-
-
-def compare_throughput(base: T.Bundle, new: T.Bundle, threshold: float) -> pd.DataFrame:
-    def points(b: T.Bundle) -> dict[tuple, dict[str, float]]:
-        out: dict[tuple, dict[str, float]] = {}
-        tp = b.tables["throughput"]
-        for _, r in tp.iterrows():
-            k = tuple(str(r[c]) for c in KEY)
-            d = out.setdefault(k, {"status": "ok"})
-            if r["status"] != "ok":
-                d["status"] = r["status"]
-            elif r["metric"] in ("median_s", "p20_s", "p80_s") and not T._nan(r["value"]):
-                d[r["metric"]] = float(r["value"])
-        return out
-
-    b, n = points(base), points(new)
-    rows = []
-    for k in sorted(set(b) & set(n), key=lambda k: (k[0], k[1], k[2], k[3], int(k[4]) * int(k[5]))):
-        bb, nn = b[k], n[k]
-        if bb["status"] == "ok" and nn["status"] != "ok":
-            verdict = "newly failing"
-        elif bb["status"] != "ok" and nn["status"] == "ok":
-            verdict = "fixed"
-        elif bb["status"] != "ok":
-            verdict = f"still {nn['status']}"
-        else:
-            verdict = judge_speed(bb, nn, threshold)
-        bm, nm = bb.get("median_s", math.nan), nn.get("median_s", math.nan)
-
-        def spread(d: dict[str, float]) -> str:
-            return f"{_us(d.get('p20_s'))}–{_us(d.get('p80_s'))}" if "p20_s" in d else "—"
-
-        rows.append({"variant": k[0], "device": k[1], "dtype": k[2], "op": k[3], "shape": f"{k[4]}×{k[5]}",
-                     "base median µs": _us(bm) if bb["status"] == "ok" else bb["status"],
-                     "new median µs": _us(nm) if nn["status"] == "ok" else nn["status"],
-                     "change": f"{100 * (nm / bm - 1):+.1f}%" if bm > 0 and nm > 0 else "—",
-                     "base p20–p80": spread(bb), "new p20–p80": spread(nn), "verdict": verdict})
-    return pd.DataFrame(rows)
-
-
-def _us(seconds: Any) -> str:
-    return "—" if T._nan(seconds) else f"{float(seconds) * 1e6:.4g}"
-
-
-def compare_stability(base: T.Bundle, new: T.Bundle) -> pd.DataFrame:
-    key = ["variant", "device", "dtype", "family"]
-    b = T.stability_cells(base).set_index(key)
-    n = T.stability_cells(new).set_index(key)
-    common = b.index.intersection(n.index)
-    rows = []
-    for k in sorted(common):
-        br, nr = b.loc[k, "result"], n.loc[k, "result"]
-        br, nr = (br.iloc[0], nr.iloc[0]) if isinstance(br, pd.Series) else (br, nr)
-        if br == "pass" and nr in ("fail", "error"):
-            verdict = f"newly {'fails' if nr == 'fail' else 'errors'}"
-        elif br in ("fail", "error") and nr == "pass":
-            verdict = "now passes"
-        else:
-            verdict = "same"
-        rows.append(dict(zip(key, k, strict=False)) | {"base": br, "new": nr, "verdict": verdict})
-    return pd.DataFrame(rows)
-
-
-def compare_training(base: T.Bundle, new: T.Bundle, acc_tolerance: float) -> pd.DataFrame:
-    key = ["variant", "regime", "device", "dtype", "seed"]
-    b = T.training_final(base)
-    n = T.training_final(new)
-    if b.empty or n.empty:
-        return pd.DataFrame()
-    m = b.merge(n, on=key, suffixes=("_b", "_n"))
-    rows = []
-    for _, r in m.iterrows():
-        drop = r["test_acc_b"] - r["test_acc_n"]
-        if r["status_b"] == "ok" and r["status_n"] != "ok":
-            verdict = f"newly {r['status_n']}"
-        elif r["diverged_n"] and not r["diverged_b"]:
-            verdict = "newly diverges"
-        elif not T._nan(drop) and drop > acc_tolerance:
-            verdict = "accuracy dropped"
-        elif T._nan(r["test_acc_n"]) and not T._nan(r["test_acc_b"]):
-            verdict = "accuracy dropped"
-        else:
-            verdict = "same"
-        rows.append({k: r[k] for k in key} | {
-            "base test acc": T.fmt(r["test_acc_b"]) + (" (diverged)" if r["diverged_b"] else ""),
-            "new test acc": T.fmt(r["test_acc_n"]) + (" (diverged)" if r["diverged_n"] else ""),
-            "verdict": verdict})
-    return pd.DataFrame(rows)
-
-
-def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", metavar="BASE", help="the reference run folder")
-    parser.add_argument("new", metavar="NEW", help="the run folder to check against it")
-    parser.add_argument("--threshold", default="10%",
-                        help="how much slower the median may get before it counts (default: %(default)s)")
-    parser.add_argument("--acc-tolerance", type=float, default=0.02,
-                        help="largest allowed drop of final test accuracy, absolute (default: %(default)s)")
-    parser.add_argument("--all", action="store_true", help="print unchanged points too")
-
-
-REGRESSION = re.compile(r"^(slower|newly)")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    threshold = parse_threshold(args.threshold)
-    if not (0 <= args.acc_tolerance <= 1):
-        raise UserError(f"--acc-tolerance {args.acc_tolerance} must lie between 0 and 1 (an accuracy difference).")
-    base, new = T.load([args.base]), T.load([args.new])
-    if base.runs[0].path.resolve() == new.runs[0].path.resolve():
-        print("compare: BASE and NEW are the same folder.", file=sys.stderr)
-    parts = {"throughput": compare_throughput(base, new, threshold),
-             "stability": compare_stability(base, new),
-             "training": compare_training(base, new, args.acc_tolerance)}
-    for problem in base.problems + new.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    if all(df.empty for df in parts.values()):
-        raise UserError(f"{args.base} and {args.new} share no measurement (no common variant, device, dtype and "
-                        f"shape/family/regime), so there is nothing to compare; compare runs of the same study.")
-    regressions = 0
-    for name, df in parts.items():
-        if df.empty:
-            print(f"\n== {name}: nothing in common\n")
-            continue
-        bad = df["verdict"].astype(str).str.match(REGRESSION)
-        regressions += int(bad.sum())
-        shown = df if args.all else df[df["verdict"] != "same"]
-        print(f"\n== {name}: {len(df)} compared, {int(bad.sum())} regressions, "
-              f"{int((df['verdict'] == 'same').sum())} unchanged")
-        if not shown.empty:
-            print(shown.to_string(index=False))
-    if any("median only" in str(v) for v in parts["throughput"].get("verdict", [])):
-        print("\nnote: some throughput rows lack p20_s/p80_s, so their verdict rests on the median alone.")
-    print(f"\ncompare: {regressions} regression(s) with threshold {threshold:.0%} "
-          f"and accuracy tolerance {args.acc_tolerance}" + ("" if regressions else ": OK"))
-    return 1 if regressions else 0
 
 
 # --- what a person sees: headless Chromium -------------------------------------------------------------------

@@ -37,6 +37,8 @@ def add_arguments_all(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--skip", action="append", choices=STEPS, default=[], help="leave this study out (repeatable)")
     parser.add_argument("--out", metavar="DIR", help="report folder (default: reports/<run name>)")
+    parser.add_argument("--force", action="store_true",
+                        help="write the report into --out even if that folder holds files that are not a report")
 
 
 def _train(run: Run, variants: list, device: torch.device, quick: bool, timeout: float | None) -> None:
@@ -71,10 +73,12 @@ STEP_FUNCTIONS: dict[str, Callable[[Run, list, torch.device, bool, float | None]
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from bench.report import render
+    from bench.report import previous_report_files, render
 
     device = device_from(args)
     variants = chosen_variants(args)
+    if args.out:
+        previous_report_files(args.out, args.force)  # refuse a folder of the user's own files before measuring
     timeout = timeout_from(args)
     presets = {"all": {"quick": args.quick, "device": str(device), "variants": [v.name for v in variants],
                        "skip": args.skip, "excluded": args.exclude, "timeout": timeout}}
@@ -102,7 +106,7 @@ def run_all(args: argparse.Namespace) -> int:
             traceback.print_exc(file=sys.stderr)
             outcome[step] = f"failed: {type(exc).__name__}: {exc}"
         log(f"== {step}: {outcome[step]}")
-    index = render([run.path], Path(args.out) if args.out else None)
+    index = render([run.path], Path(args.out) if args.out else None, force=args.force)
     print("\nsoftmax-bench all:")
     for step in STEPS:
         print(f"  {step:11s} {outcome.get(step, 'skipped (--skip)')}")

@@ -91,7 +91,7 @@ from bench.presets import (
 from bench.progress import each, log
 from bench.results import MAX_SAMPLES, Run, SampleRow, ThroughputRow
 from bench.sandbox import InputGuard, UnitTimeout, contained, deadline, memory_ceiling
-from bench.targets import target_lines
+from bench.targets import measured, target_lines
 from bench.timing import (
     Measurement,
     keep_freed_memory,
@@ -366,8 +366,8 @@ class _Sweep:
         """
         try:
             calls, nbytes, note = self.copies(u)
-            gbps = [nbytes / time_call(fn, self.device, u.timer, flush_l2=self.flush_l2).stats.median / 1e9
-                    for _, fn in calls]
+            # timed exactly as the variant is (CUDA graph replays with --cuda-graph), or the ratio mixes modes
+            gbps = [nbytes / self.time(fn, u.timer).stats.median / 1e9 for _, fn in calls]
             best, message = self.best_copy([name for name, _ in calls], gbps, note)
             return best, "ok", message
         except Exception as exc:  # an OOM on the copy still lets the variant be timed
@@ -728,7 +728,6 @@ def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block
         df = df[df["device"] == device]
     if df.empty:
         return "no throughput rows."
-    from bench.targets import measured  # the rows a GB/s or a speedup may come from (never a wrong unit's)
 
     variants = sorted(df["variant"].unique(), key=lambda name: (name != BASELINE, name))
     value = {(r.variant, r.op, r.rows, r.cols, r.dtype, r.metric): r for r in df.itertuples(index=False)}

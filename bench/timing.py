@@ -15,9 +15,9 @@ samples; then come warm-up calls, then samples until the time budget is spent (a
   repeated ``inner`` times inside one sample, so the timer's own cost (a few hundred ns) stays out of the
   per-call time; :func:`timer_overhead` times an empty closure the same way to show what is left.
 - CUDA (:func:`time_cuda`): one pair of CUDA events per call, read after one synchronisation. Between calls
-  a buffer ``l2_flush_multiple`` times the L2 size is zeroed so every call starts from a cold L2 (as
-  triton.testing.do_bench does); ``graph=True`` captures the call once in a CUDA graph and times replays,
-  which removes Python and launch overhead.
+  a buffer ``l2_flush_multiple`` times the L2 size is read (its max), so every call starts from a cold L2
+  holding no dirty lines (triton.testing.do_bench zeroes one instead); ``graph=True`` captures the call
+  once in a CUDA graph and times replays, which removes Python and launch overhead.
 
 The statistics (:func:`summarize`, :func:`quantile`) are pure functions of the samples.
 """
@@ -180,7 +180,7 @@ def time_cuda(fn: Callable[[], object], device: torch.device, budget: TimerBudge
               flush_l2: bool = True, graph: bool = False) -> Measurement:
     """Time `fn` on a CUDA device with events: one start/end pair per call, read after one sync.
 
-    flush_l2 zeroes a buffer larger than the L2 before every call (outside the events), so each call reads
+    flush_l2 reads a buffer larger than the L2 before every call (outside the events), so each call reads
     its inputs from HBM like the first touch in a real model step would. graph=True times CUDA-graph replays.
     """
     def sync() -> None:
@@ -212,15 +212,21 @@ def time_cuda(fn: Callable[[], object], device: torch.device, budget: TimerBudge
             call()
             sync()
 
-        flush = None
+        evict = None
         if flush_l2:
-            flush = torch.empty(budget.l2_flush_multiple * l2_cache_bytes(device), dtype=torch.int8, device=device)
+            # Evicted by READING a buffer larger than the L2 (its max): the lines left behind are clean. Zeroing
+            # it (triton.testing.do_bench's way) leaves the L2 full of dirty lines, whose write-back to HBM
+            # then lands inside the timed call.
+            flush = torch.ones(budget.l2_flush_multiple * l2_cache_bytes(device), dtype=torch.int8, device=device)
+
+            def evict() -> None:
+                flush.amax()
 
         def timed(n: int) -> list[float]:
             pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
             for start, end in pairs:
-                if flush is not None:
-                    flush.zero_()
+                if evict is not None:
+                    evict()
                 start.record()
                 call()
                 end.record()

@@ -1,8 +1,11 @@
-"""The `native` variant: hand-written AVX-512 C kernels built on first use (softmax_impls/native.py).
+"""The `native` variant: hand-written C kernels built on first use (softmax_impls/native.py).
 
-Forward and gradients against float64 on ordinary and irregular shapes, in both layouts of the kernels
-(wide rows, and 16 narrow rows at a time), with 1 and 2 threads; the special values the stability study
-checks; the vector exp and log1p alone against float64 in units of float32 ulps; and that a build failure
+Forward and gradients against float64 on ordinary and irregular shapes, in float32, bfloat16 and float16,
+on every ISA path this CPU can run (avx512 and avx2 here: the `isa` fixture switches in-process, one test
+forces the path through $SOFTMAX_BENCH_NATIVE_ISA in a subprocess), in both layouts of the kernels (wide
+rows, and W narrow rows at a time), with 1 and 2 threads; the special values the stability study checks;
+the throughput study's own output validation (bench/validate.py) on every op; the conversions against
+torch's; the vector exp and log1p alone against float64 in units of float32 ulps; and that a build failure
 leaves the variant registered with a reason. Skipped as a whole where the kernels cannot be built here.
 
     .venv/bin/pytest -q tests/test_native.py
@@ -31,10 +34,22 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 U = 2.0**-24  # float32 unit roundoff
 T = 64 * U  # the contract's tolerance
+ISAS = native.supported_isas()
+HALF = [torch.bfloat16, torch.float16]
 # (shape, dim): wide rows, the chapter's narrow rows, a few very wide rows, the longest narrow rows with a
 # ragged tail of rows (37 = 2 blocks of 16 + 5), the shortest wide rows, a 3-D tensor on dim 0, one column
 SHAPES = [((1823, 781), 1), ((65536, 10), -1), ((3, 131072), -1), ((37, 16), -1), ((37, 17), -1),
           ((5, 4, 6), 0), ((20, 1), -1)]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the test on one ISA path (every path this CPU supports), then back to the default."""
+    native.select_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        native.select_isa(None)
 
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"{n}thread")
@@ -82,7 +97,7 @@ def test_shares_torchs_openmp_runtime() -> None:
 
 
 @pytest.mark.parametrize("shape,dim", SHAPES, ids=lambda s: str(s))
-def test_forward_matches_float64(shape: tuple[int, ...], dim: int, threads: int) -> None:
+def test_forward_matches_float64(shape: tuple[int, ...], dim: int, threads: int, isa: str) -> None:
     x = _logits(shape)
     p_ref = torch.softmax(x.double(), dim)
     y = native.softmax(x, dim)
@@ -93,7 +108,7 @@ def test_forward_matches_float64(shape: tuple[int, ...], dim: int, threads: int)
 
 
 @pytest.mark.parametrize("n,c", [(1823, 781), (65536, 10), (3, 131072), (37, 16), (37, 17), (5, 1)])
-def test_cross_entropy_and_gradients_match_float64(n: int, c: int, threads: int) -> None:
+def test_cross_entropy_and_gradients_match_float64(n: int, c: int, threads: int, isa: str) -> None:
     x = _logits((n, c), seed=1).requires_grad_()
     t = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(2))
     w = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5  # non-uniform
@@ -110,7 +125,7 @@ def test_cross_entropy_and_gradients_match_float64(n: int, c: int, threads: int)
 
 @pytest.mark.parametrize("shape", [(1823, 781), (65536, 10), (3, 131072), (37, 17)], ids=str)
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
-def test_softmax_gradients_match_float64(shape: tuple[int, int], log: bool, threads: int) -> None:
+def test_softmax_gradients_match_float64(shape: tuple[int, int], log: bool, threads: int, isa: str) -> None:
     x = _logits(shape, seed=4).requires_grad_()
     dy = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # non-uniform
     fn, ref_fn = (native.log_softmax, torch.log_softmax) if log else (native.softmax, torch.softmax)
@@ -131,11 +146,95 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs.append([native.softmax(_logits(s), -1) for s in ((65536, 10), (1823, 781), (64, 4096))])
+            outs.append([native.softmax(_logits(s).to(dt), -1) for s in ((65536, 10), (1823, 781), (64, 4096))
+                         for dt in (torch.float32, torch.bfloat16)])
     finally:
         torch.set_num_threads(before)
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
+
+
+# -- bfloat16 and float16: read and written in their dtype, computed in float32 -------------------------------
+
+def _half(dtype: torch.dtype) -> tuple[float, float]:
+    """(unit roundoff, half the smallest subnormal): the most a correct rounding of the exact result is off."""
+    fi = torch.finfo(dtype)
+    return fi.eps / 2, fi.smallest_normal * fi.eps / 2
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("n,c", [(1823, 781), (37, 10), (5, 131072), (40, 16), (19, 33)], ids=str)
+def test_half_precision_matches_float64(dtype: torch.dtype, n: int, c: int, isa: str) -> None:
+    # the float64 reference on the same dtype-rounded inputs; the kernel may be off by its float32
+    # computation (64 u of float32, scaled as the contract scales) plus one rounding to the dtype
+    ud, sub = _half(dtype)
+    x = _logits((n, c), seed=11).to(dtype)
+    xd = x.double()
+    p = torch.softmax(xd, 1)
+    y = native.softmax(x, 1)
+    assert y.dtype == dtype
+    _assert_within("softmax", y, p, ud * p + _prob_tol(p) + sub)
+    ls = torch.log_softmax(xd, 1)
+    _assert_within("log_softmax", native.log_softmax(x, 1), ls, (ud + T) * ls.abs().clamp_min(1.0))
+    # cross-entropy and its gradient, with a non-uniform dloss (itself rounded to the dtype)
+    t = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(12))
+    w = (torch.rand(n, generator=torch.Generator().manual_seed(13), dtype=torch.float64) + 0.5).to(dtype)
+    leaf = x.clone().requires_grad_()
+    loss = native.cross_entropy(leaf, t)
+    assert loss.dtype == dtype
+    loss.backward(w)
+    ref = F.cross_entropy(xd, t, reduction="none")
+    _assert_within("loss", loss, ref, (ud + T) * ref.abs().clamp_min(1.0))
+    onehot = F.one_hot(t, c).double()
+    want = w.double()[:, None] * (p - onehot)
+    tol = ud * want.abs() + w.double()[:, None] * (_prob_tol(p) + T * onehot) + sub
+    _assert_within("dlogits", leaf.grad, want, tol)
+    # softmax backward from the forward's own (rounded) output: dx = y (dy - sum dy y)
+    dy = torch.randn((n, c), generator=torch.Generator().manual_seed(14), dtype=torch.float64).to(dtype)
+    leaf = x.clone().requires_grad_()
+    native.softmax(leaf, 1).backward(dy)
+    dyd = dy.double()
+    want = p * (dyd - (p * dyd).sum(1, keepdim=True))
+    spread = dyd.abs() + (p * dyd.abs()).sum(1, keepdim=True)
+    scale = p * spread * (1 + p.clamp_min(1e-300).log().abs())
+    # y's own rounding near the subnormal range is absolute (sub), and dx carries it times dy - sum dy y
+    _assert_within("softmax dx", leaf.grad, want, 4 * ud * scale + sub * (spread + 1))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_conversions_round_to_nearest_even_as_torch_does(dtype: torch.dtype, isa: str) -> None:
+    lib = native.library()
+    code = native.DTYPE_CODES[dtype]
+    g = torch.Generator().manual_seed(15)
+    bits = torch.randint(-2**31, 2**31 - 1, (200_003,), generator=g, dtype=torch.int64).to(torch.int32)
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1e-45, -1e-40, 65504.0, 65520.0, 3.4e38,
+                            1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11])  # ties
+    x = torch.cat([bits.view(torch.float32), special, torch.randn(1000) * 1e-6, torch.randn(1001) * 1e-39])
+    out = torch.empty(x.numel(), dtype=dtype)
+    lib.native_convert(x.data_ptr(), out.data_ptr(), x.numel(), 0, code)
+    want = x.to(dtype)
+    same = (out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())
+    assert bool(same.all()), f"{int((~same).sum())} conversions differ from torch's, e.g. {x[~same][:4].tolist()}"
+    back = torch.empty(x.numel(), dtype=torch.float32)
+    lib.native_convert(out.data_ptr(), back.data_ptr(), x.numel(), code, 0)
+    assert torch.equal(back.nan_to_num(0.5), want.float().nan_to_num(0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+def test_throughput_validation_accepts_every_op(dtype: torch.dtype, isa: str) -> None:
+    # what `softmax-bench throughput` checks before it credits a time (bench/validate.py), on a wide and a
+    # narrow shape with ragged tails
+    from bench.throughput import OPS
+    from bench.validate import check_output
+
+    v = softmax_impls.get("native")
+    for m, n in ((67, 1000), (35, 10)):
+        for name, op in OPS.items():
+            torch.manual_seed(0)
+            inputs = op.make_inputs(m, n, dtype, CPU)
+            out = op.closure(v, inputs)()
+            problem = check_output(name, out, inputs.x, inputs.target, inputs.dy, v.contract.ordinary_tolerance_ulps)
+            assert problem is None, f"{name} {m}x{n} {dtype}: {problem}"
 
 
 # -- special values, in both layouts: 64 rows of 10 (narrow, 16 rows at a time) and 4 rows of 5000 (wide) -----
@@ -150,7 +249,7 @@ def _special_batch(rows: int, cols: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rows,cols", [(64, 10), (4, 5000), (16, 16), (16, 17)])
-def test_special_values(rows: int, cols: int, threads: int) -> None:
+def test_special_values(rows: int, cols: int, threads: int, isa: str) -> None:
     x = _special_batch(rows, cols)
     ref = torch.softmax(x.double(), 1)  # nan for rows 0-2; zeros at the masked entries of row 3
     for name, out in [("softmax", native.softmax(x, 1)), ("log_softmax", native.log_softmax(x, 1))]:
@@ -171,7 +270,7 @@ def test_special_values(rows: int, cols: int, threads: int) -> None:
 
 
 @pytest.mark.parametrize("rows,cols", [(32, 10), (2, 3000)])
-def test_large_translations_and_far_targets(rows: int, cols: int) -> None:
+def test_large_translations_and_far_targets(rows: int, cols: int, isa: str) -> None:
     x = _logits((rows, cols), seed=7, scale=1.0)
     ref = torch.softmax(x.double(), 1)
     for c in (1e4, -1e4, 3e4):  # exp(x) overflows or underflows; a shifted sum never does
@@ -185,20 +284,36 @@ def test_large_translations_and_far_targets(rows: int, cols: int) -> None:
     _assert_within("far-target loss", loss, want, T * want.abs())
 
 
-def test_narrow_layout_keeps_the_contract() -> None:
+def test_narrow_layout_keeps_the_contract(isa: str) -> None:
     # the 'check' preset runs 3 rows per case, below the 16 rows the narrow layout needs: run every family
-    # again on 32 rows of 10 and 16 against the 50-digit reference
+    # again on 32 rows of 8, 10 and 16 against the 50-digit reference
     from bench.presets import StabilityPreset
     from bench.stability import check_variants, format_check
 
-    preset = StabilityPreset("narrow", "test", lengths=(10, 16), long_lengths=(16,), rows=32, long_rows=32,
+    preset = StabilityPreset("narrow", "test", lengths=(8, 10, 16), long_lengths=(16,), rows=32, long_rows=32,
                              thresholds=False)
-    lines = check_variants([softmax_impls.get("native")], CPU, preset, ["float32", "bfloat16"],
+    lines = check_variants([softmax_impls.get("native")], CPU, preset, ["float32", "bfloat16", "float16"],
                            progress=False)["native"]
     assert lines and all(ln.ok for ln in lines), "\n" + format_check(lines)
 
 
-def test_cross_entropy_of_two_equal_huge_logits_is_log2() -> None:
+@pytest.mark.parametrize("path", [p for p in ISAS if p != ISAS[0]])
+def test_every_other_isa_path_keeps_the_contract(path: str) -> None:
+    # tests/test_contracts.py checks the default path (the widest) in every dtype; the same 'check' preset
+    # (what `softmax-bench check native` runs) on the others
+    from bench.presets import STABILITY_PRESETS
+    from bench.stability import check_variants, format_check
+
+    native.select_isa(path)
+    try:
+        lines = check_variants([softmax_impls.get("native")], CPU, STABILITY_PRESETS["check"],
+                               ["float32", "bfloat16", "float16"], progress=False)["native"]
+    finally:
+        native.select_isa(None)
+    assert lines and all(ln.ok for ln in lines), "\n" + format_check(lines)
+
+
+def test_cross_entropy_of_two_equal_huge_logits_is_log2(isa: str) -> None:
     for rows in (1, 32):
         x = torch.full((rows, 2), 1e8)
         loss = native.cross_entropy(x, torch.zeros(rows, dtype=torch.int64))
@@ -206,7 +321,7 @@ def test_cross_entropy_of_two_equal_huge_logits_is_log2() -> None:
 
 
 @pytest.mark.parametrize("rows,cols", [(32, 10), (2, 1000)])
-def test_confident_correct_keeps_tiny_losses(rows: int, cols: int) -> None:
+def test_confident_correct_keeps_tiny_losses(rows: int, cols: int, isa: str) -> None:
     # the target 30 above the rest: loss = log1p((n - 1) e^-30) ~ 1e-12, which log(sum) rounds to 0
     x = torch.zeros(rows, cols)
     x[:, 0] = 30.0
@@ -232,7 +347,7 @@ def _apply(fn, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def test_exp_within_one_ulp_over_the_whole_range() -> None:
+def test_exp_within_one_ulp_over_the_whole_range(isa: str) -> None:
     lib = native.library()
     x = torch.linspace(-110.0, 89.0, 2_000_003)  # subnormal results below -87.3, zeros below -103.97
     ref = torch.exp(x.double())
@@ -241,17 +356,28 @@ def test_exp_within_one_ulp_over_the_whole_range() -> None:
     assert float(err.max()) <= 1.0, f"exp: {float(err.max()):.3f} ulp at x = {float(x[finite][err.argmax()])}"
     # the kernels' hot path, x <= 0: exponent-bit scaling, with the exact fallback below -86 and for nan
     xn = x[x <= 0]
-    err = _ulps(_apply(lib.native_exp_nonpos, xn), torch.exp(xn.double()))
+    err = _ulps(_apply(lambda a, b, n: lib.native_exp_nonpos(a, b, n, 0), xn), torch.exp(xn.double()))
     assert float(err.max()) <= 1.0, f"exp (x <= 0): {float(err.max()):.3f} ulp"
     special = torch.tensor([-math.inf, math.nan, 0.0, -0.0, -104.0, -1e30, 89.0, 1e30, math.inf])
     got = _apply(lib.native_exp, special)
     assert torch.isnan(got[1]) and got.tolist()[2:] == [1.0, 1.0, 0.0, 0.0, math.inf, math.inf, math.inf]
     assert got[0] == 0
-    got = _apply(lib.native_exp_nonpos, special[:6])
-    assert torch.isnan(got[1]) and got.tolist()[2:] == [1.0, 1.0, 0.0, 0.0] and got[0] == 0
+    for code in (0, 1):  # the float32 and the half-precision polynomial
+        got = _apply(lambda a, b, n, c=code: lib.native_exp_nonpos(a, b, n, c), special[:6])
+        assert torch.isnan(got[1]) and got.tolist()[2:] == [1.0, 1.0, 0.0, 0.0] and got[0] == 0
 
 
-def test_log1p_within_a_few_ulp() -> None:
+def test_half_precision_exp_is_far_below_a_half_rounding(isa: str) -> None:
+    # the degree-4 polynomial of half-precision rows: 5.6e-6 relative (float16's unit roundoff is 4.9e-4)
+    lib = native.library()
+    x = torch.linspace(-86.0, 0.0, 1_000_003)
+    ref = torch.exp(x.double())
+    got = _apply(lambda a, b, n: lib.native_exp_nonpos(a, b, n, 1), x).double()
+    rel = float(((got - ref).abs() / ref).max())
+    assert rel <= 6e-6, f"half-precision exp: relative error {rel:.3g}"
+
+
+def test_log1p_within_a_few_ulp(isa: str) -> None:
     lib = native.library()
     s = torch.logspace(-40, 6, 500_001, dtype=torch.float64).float()  # the s' of a row: tiny to n
     err = _ulps(_apply(lib.native_log1p, s), torch.log1p(s.double()))
@@ -263,7 +389,7 @@ def test_log1p_within_a_few_ulp() -> None:
 # -- dtypes, layouts, errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
-def test_other_dtypes(dtype: torch.dtype) -> None:
+def test_other_dtypes(dtype: torch.dtype, isa: str) -> None:
     x = _logits((40, 30), seed=8).to(dtype)
     t = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(9))
     y, ls, loss = native.softmax(x, 1), native.log_softmax(x, 1), native.cross_entropy(x, t)
@@ -290,7 +416,7 @@ def test_non_contiguous_and_other_dims() -> None:
 
 
 @pytest.mark.parametrize("rows", [5, 32])
-def test_out_of_range_targets_raise(rows: int) -> None:
+def test_out_of_range_targets_raise(rows: int, isa: str) -> None:
     with pytest.raises(IndexError, match="outside"):
         native.cross_entropy(torch.randn(rows, 10), torch.full((rows,), 10, dtype=torch.int64))
     with pytest.raises(IndexError, match="outside"):
@@ -327,6 +453,39 @@ def test_missing_compiler_keeps_the_variant_registered(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "native kernels unavailable: no C compiler" in done.stdout
+
+
+def test_the_isa_path_can_be_forced_from_the_environment(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import torch, softmax_impls
+        from softmax_impls import native
+        from bench.devices import machine_info
+        v = softmax_impls.get("native")
+        print(native.isa(), native.library().native_isa().decode(), machine_info()["native_isa"], sep="|")
+        print(v.summary)
+        print(v.softmax(torch.randn(3, 40, dtype=torch.bfloat16)).dtype)
+    """)
+    env = {**os.environ, native.ISA_ENV: "avx2"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, summary, dtype = done.stdout.strip().splitlines()[-3:]
+    assert first == "avx2|avx2|avx2 (forced by $SOFTMAX_BENCH_NATIVE_ISA)"
+    assert "avx2 path" in summary and dtype == "torch.bfloat16"
+    bad = {**os.environ, native.ISA_ENV: "sse9", native.CACHE_ENV: str(tmp_path)}
+    code = ("import torch, softmax_impls; "
+            "print(softmax_impls.get('native').skip_reason(torch.device('cpu'), torch.float32))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=bad, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "SOFTMAX_BENCH_NATIVE_ISA='sse9' is not an ISA path" in done.stdout
+
+
+def test_isa_paths_follow_the_cpu_flags() -> None:
+    assert native.supported_isas({"avx2", "fma", "f16c"}) == ["avx2"]
+    assert native.supported_isas({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}) == \
+        ["avx512", "avx2"]
+    assert native.supported_isas({"avx512f", "avx2", "fma"}) == []  # no F16C, no AVX-512 BW/VL/DQ
+    with pytest.raises(ValueError, match="unknown ISA"):
+        native.select_isa("neon")
 
 
 # -- the streaming copy (the throughput harness's CPU roofline) ---------------------------------------------
