@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
 import torch
+from torch import Tensor
 
 from softmax_impls.contract import Contract
 
@@ -37,7 +38,6 @@ OWN_DISTRIBUTION = "softmax-bench"
 # silently change every speedup and reference in the study.
 PROTECTED = frozenset({"torch"})
 
-Tensor = torch.Tensor
 ALL_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -215,6 +215,18 @@ def get(name: str) -> Variant:
 
 def all_variants() -> list[Variant]:
     return [get(n) for n in names()]
+
+
+def shift_of(row_max: Tensor) -> Tensor:
+    """The shift a row is exponentiated against: its max, except 0 for a fully masked row (max -inf), which
+    must not become -inf - -inf = nan before the sum is even formed. Only -inf is replaced: a +inf or nan max
+    is kept, so such a row comes out nan everywhere, as the reference says. Every variant's guard is this."""
+    return torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a row is reduced in: half types in float32 (as torch's own kernels do), others as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def along_rows(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int = -1) -> Tensor:

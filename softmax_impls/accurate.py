@@ -20,11 +20,10 @@ gradient as -(sum over i != t of p_i) rather than p_t - 1, which would round to 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from softmax_impls import Variant, along_rows
+from softmax_impls import Variant, along_rows, shift_of
 from softmax_impls.contract import Contract
-
-Tensor = torch.Tensor
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -43,7 +42,7 @@ def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     of the row is nan, as the reference says.
     """
     m, a = x.max(1, keepdim=True)
-    e = torch.exp(x - torch.where(m == float("-inf"), torch.zeros_like(m), m))
+    e = torch.exp(x - shift_of(m))
     s = e.scatter(1, a, 0.0).sum(1, keepdim=True)
     # A +inf max is left out of s with its argmax, so s alone would not see it: make the row nan explicitly.
     s = torch.where(m == float("inf"), torch.full_like(s, float("nan")), s)

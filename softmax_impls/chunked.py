@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from softmax_impls import Variant, along_rows
+from softmax_impls import Variant, accumulation_dtype, along_rows, shift_of
 from softmax_impls.contract import Contract
 
 Tensor = torch.Tensor
@@ -34,20 +34,14 @@ def chunk_rows(n_cols: int, chunk_elements: int | None = None) -> int:
     return max(1, budget // max(1, n_cols))
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _chunk_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """(shift, log sum exp(x - shift)) over the rows of one chunk, accumulation dtype, each [rows, 1].
 
     Kept apart rather than added into one lse: (shift - x[t]) + logsum keeps a small loss accurate behind a
     large max (a translated row), where lse - x[t] would lose its digits to the rounding of lse.
     """
-    xf = x.to(_acc_dtype(x.dtype))
-    m = xf.amax(1, keepdim=True)
-    # no -inf - -inf for a masked row; a +inf/nan max is kept, so such a row comes out nan, as it should
-    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    xf = x.to(accumulation_dtype(x.dtype))
+    m = shift_of(xf.amax(1, keepdim=True))
     e = xf - m
     return m, torch.log(e.exp_().sum(1, keepdim=True))  # in place: one chunk-sized temporary
 
@@ -57,7 +51,7 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
         n, c = logits.shape
         step = chunk_rows(c)
-        acc = _acc_dtype(logits.dtype)
+        acc = accumulation_dtype(logits.dtype)
         shift = torch.empty(n, 1, dtype=acc, device=logits.device)
         logsum = torch.empty(n, 1, dtype=acc, device=logits.device)
         for start in range(0, n, step):
@@ -85,16 +79,16 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _softmax_chunk(x: Tensor) -> Tensor:
-    xf = x.to(_acc_dtype(x.dtype))
+    xf = x.to(accumulation_dtype(x.dtype))
     m = xf.amax(1, keepdim=True)
-    e = torch.exp(xf - torch.where(m == float("-inf"), torch.zeros_like(m), m))
+    e = torch.exp(xf - shift_of(m))
     return e / e.sum(1, keepdim=True)
 
 
 def _log_softmax_chunk(x: Tensor) -> Tensor:
-    xf = x.to(_acc_dtype(x.dtype))
+    xf = x.to(accumulation_dtype(x.dtype))
     m = xf.amax(1, keepdim=True)
-    shifted = xf - torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    shifted = xf - shift_of(m)
     return shifted - torch.log(torch.exp(shifted).sum(1, keepdim=True))
 
 
@@ -117,7 +111,7 @@ class _RowChunked(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         grad = torch.empty_like(out)
         step = chunk_rows(out.shape[1])
-        acc = _acc_dtype(out.dtype)
+        acc = accumulation_dtype(out.dtype)
         for start in range(0, out.shape[0], step):
             y, gy = out[start:start + step].to(acc), g[start:start + step].to(acc)
             if ctx.log:  # d log_softmax: g - softmax * sum(g)

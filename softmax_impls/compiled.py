@@ -22,22 +22,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
-from softmax_impls import Variant, inductor
+from softmax_impls import Variant, accumulation_dtype, inductor, shift_of
 from softmax_impls.contract import Contract
-
-Tensor = torch.Tensor
 
 
 def _shift(x: Tensor) -> Tensor:
-    m = x.amax(-1, keepdim=True)
-    # A fully masked row (max -inf) is shifted by 0: never -inf - -inf = nan. A +inf or nan max is kept, so
-    # such a row comes out nan everywhere, as the reference says.
-    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    return shift_of(x.amax(-1, keepdim=True))
 
 
 def _acc(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return x.to(accumulation_dtype(x.dtype))
 
 
 def _row_sum(e: Tensor) -> Tensor:

@@ -18,8 +18,6 @@ from collections.abc import Callable, Hashable
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-Tensor = torch.Tensor
-
 
 @functools.cache
 def compiled(fn: Callable[..., object], *, dynamic: bool | None, key: Hashable) -> Callable[..., object]:

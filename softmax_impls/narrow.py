@@ -46,11 +46,11 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from softmax_impls import Variant, along_rows, inductor
+from softmax_impls import Variant, along_rows, inductor, shift_of
 from softmax_impls.contract import Contract
 
-Tensor = torch.Tensor
 T = TypeVar("T")
 
 # Rows up to this long take the narrow path; longer rows vectorise fine in torch's own kernels.
@@ -74,8 +74,7 @@ def narrow_shift(x: Tensor) -> Tensor | None:
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] > MAX_COLS or x.numel() == 0:
         return None
     if x.is_cuda:
-        m = x.amax(1, keepdim=True)
-        return torch.where(m == float("-inf"), torch.zeros_like(m), m)
+        return shift_of(x.amax(1, keepdim=True))
     lo, hi = torch.aminmax(x)
     lo_v, hi_v = lo.item(), hi.item()  # nan and +-inf fail the comparisons below
     if not (hi_v - lo_v <= SPAN):

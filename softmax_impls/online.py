@@ -19,40 +19,32 @@ while the running max is -inf, which keeps d = 0 there and lets a later finite b
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from softmax_impls import Variant, along_rows
+from softmax_impls import Variant, accumulation_dtype, along_rows, shift_of
 from softmax_impls.contract import Contract
 
-Tensor = torch.Tensor
 # Columns per block. Large enough that PyTorch's per-op overhead stays small against the work of a block,
 # small enough that a block of a long row is a genuine partial update (rows of 131072 take 32 blocks).
 BLOCK = 4096
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half types accumulate in float32, as torch's own kernels do.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _neg_inf_to_zero(m: Tensor) -> Tensor:
-    # Only -inf is replaced: a +inf or nan max must still turn the whole row into nan, as the reference does.
-    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
 
 
 def online_stats(x: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
     """(shift, d) for the rows of a 2-D tensor: shift is the row max (0 where it is -inf) and
     d = sum exp(x - shift), both [R, 1] in the accumulation dtype, computed in one pass over column blocks."""
-    acc = _acc_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     rows, cols = x.shape
     m = torch.full((rows, 1), float("-inf"), dtype=acc, device=x.device)
     d = torch.zeros((rows, 1), dtype=acc, device=x.device)
     for start in range(0, cols, block):
         blk = x[:, start:start + block].to(acc)
         m_new = torch.maximum(m, blk.amax(1, keepdim=True))
-        shift = _neg_inf_to_zero(m_new)  # the -inf prefix guard: never -inf - -inf
+        shift = shift_of(m_new)  # the -inf prefix guard: never -inf - -inf
         d = d * torch.exp(m - shift) + torch.exp(blk - shift).sum(1, keepdim=True)
         m = m_new
-    return _neg_inf_to_zero(m), d
+    return shift_of(m), d
 
 
 class _Softmax(torch.autograd.Function):
@@ -66,7 +58,7 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        yf, gf = y.to(_acc_dtype(y.dtype)), g.to(_acc_dtype(y.dtype))
+        yf, gf = y.to(accumulation_dtype(y.dtype)), g.to(accumulation_dtype(y.dtype))
         return (yf * (gf - (gf * yf).sum(1, keepdim=True))).to(y.dtype)
 
 
@@ -82,7 +74,7 @@ class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         (out,) = ctx.saved_tensors
-        acc = _acc_dtype(out.dtype)
+        acc = accumulation_dtype(out.dtype)
         gf = g.to(acc)
         return (gf - torch.exp(out.to(acc)) * gf.sum(1, keepdim=True)).to(out.dtype)
 

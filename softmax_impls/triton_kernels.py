@@ -31,11 +31,10 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import Tensor
 
 from softmax_impls import Variant, along_rows
 from softmax_impls.contract import Contract
-
-Tensor = torch.Tensor
 
 try:  # optional: the variant is `skipped`, never a crash, where triton is missing
     import triton
