@@ -29,12 +29,13 @@ import ctypes.util
 import functools
 import math
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.presets import TimerBudget
 
@@ -288,32 +289,45 @@ def _malloc_in_use() -> int:
     return int(info.uordblks + info.hblkhd)  # bytes in use in the heap arenas + in mmapped blocks
 
 
-class _PeakTracker(TorchDispatchMode):
-    """Reads malloc's bytes-in-use after every aten op (forward and backward) and keeps the maximum."""
+def _sampled_peak(fn: Callable[[], object], min_s: float) -> int:
+    """The most bytes malloc held while `fn` ran (called again until `min_s` passed), beyond
+    what it held before: a second thread reads mallinfo2 in a loop, while torch's kernels run without the
+    GIL. It watches the process, not the call: it sees buffers of compiled or hand-written kernels too, which
+    no op-level hook does, and nothing in the variant has to cooperate."""
+    base = _malloc_in_use()
+    peak = [base]
+    done = threading.Event()
 
-    # TorchDispatchMode wraps __torch_dispatch__ in torch._disable_dynamo by default, which imports
-    # torch._dynamo on first use: 2-7 s on this machine, for a mode that never meets torch.compile.
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        return False
+    def watch() -> None:
+        high = base
+        while not done.is_set():
+            high = max(high, _malloc_in_use())
+        peak[0] = high
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.base = _malloc_in_use()
-        self.peak = 0
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # hand the GIL over often, so the watcher samples between Python steps too
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        deadline, calls = time.perf_counter() + min_s, 0
+        while calls < 1 or time.perf_counter() < deadline:
+            out = fn()
+            peak[0] = max(peak[0], _malloc_in_use())  # the output, still alive
+            del out
+            calls += 1
+    finally:
+        done.set()
+        watcher.join()
+        sys.setswitchinterval(switch)
+    return max(0, peak[0] - base)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        self.peak = max(self.peak, _malloc_in_use() - self.base)
-        return out
 
-
-def peak_memory(fn: Callable[[], object], device: torch.device, peaks_once: bool = False) -> int:
+def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0.05) -> int:
     """Bytes the call allocates beyond what existed before it (its inputs), at its peak.
 
-    CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, read after every aten
-    op the call dispatches (so outputs and saved intermediates count; a kernel's scratch freed inside one op
-    does not). Call it outside the timed region: the CPU tracker slows every op down.
+    CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, sampled from a second
+    thread while the call runs (repeated for `min_s`, so a short-lived temporary is caught): outputs, saved
+    intermediates and kernel scratch all count. Call it outside the timed region.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -326,15 +340,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device, peaks_once: bool
     reason = cpu_memory_unsupported()
     if reason:
         raise RuntimeError(reason)
-    peaks = []
-    # The first pass also counts the Python objects the mode creates once per op (a few KB): for small
-    # calls a second pass (the smaller peak is kept) removes them; big calls are not worth a second pass.
-    for _ in range(1 if peaks_once else 2):
-        with _PeakTracker() as tracker:
-            out = fn()
-        del out
-        peaks.append(tracker.peak)
-    return min(peaks)
+    return _sampled_peak(fn, min_s)
 
 
 def keep_freed_memory() -> str:

@@ -16,7 +16,6 @@ import types
 from collections.abc import Callable, Hashable
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 @functools.cache
@@ -30,12 +29,6 @@ def compiled(fn: Callable[..., object], *, dynamic: bool | None, key: Hashable) 
     name = f"{fn.__name__}_{'_'.join(map(str, key)) if isinstance(key, tuple) else key}"
     fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, name, fn.__defaults__, fn.__closure__)
     return torch.compile(fresh, dynamic=dynamic, fullgraph=True)
-
-
-def tracing_ops() -> bool:
-    """True inside a TorchDispatchMode (the throughput harness's peak-memory tracker): compiled kernels run
-    below the dispatcher, where such a mode sees nothing, and dynamo refuses to run under one."""
-    return _get_current_dispatch_mode() is not None
 
 
 @functools.cache

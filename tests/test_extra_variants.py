@@ -226,19 +226,19 @@ def test_narrow_compiled_and_eager_paths_agree_with_float64(monkeypatch: pytest.
             torch.testing.assert_close(gl, xr2.grad, rtol=2e-5, atol=1e-6)
 
 
-def test_narrow_runs_eagerly_under_an_op_tracer_and_compiled_says_why_it_cannot() -> None:
-    # The throughput harness measures CPU peak memory with an op-level TorchDispatchMode, which compiled
-    # kernels bypass: narrow then runs its lines eagerly (the tracer sees every allocation), compiled refuses
-    # with a sentence instead of dynamo's internal error.
+def test_compiled_kernels_peak_memory_is_observed_from_outside() -> None:
+    # The harness watches malloc from a second thread instead of hooking ops, so compiled kernels (narrow,
+    # compiled), whose buffers no op-level hook sees, are measured as they run in the timed region.
     from bench.timing import cpu_memory_unsupported, peak_memory
 
     if cpu_memory_unsupported():
         pytest.skip(cpu_memory_unsupported())
     x = _logits((4096, 10), torch.float32)
-    peak = peak_memory(lambda: narrow.softmax(x), torch.device("cpu"))
-    assert peak >= x.numel() * 4  # at least the output
-    with pytest.raises(RuntimeError, match="memory tracker"):
-        peak_memory(lambda: softmax_impls.get("compiled").softmax(x), torch.device("cpu"))
+    for name in ("narrow", "compiled"):
+        variant = softmax_impls.get(name)
+        variant.softmax(x)  # compiled once before, as in the harness: compiling allocates tens of MB
+        peak = peak_memory(lambda v=variant: v.softmax(x), torch.device("cpu"))
+        assert x.numel() * 4 <= peak <= 8 * x.numel() * 4, name  # the output, and a few temporaries at most
 
 
 # -- chunked -----------------------------------------------------------------------------------------------
