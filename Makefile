@@ -14,7 +14,7 @@ setup: $(STAMP) dataset
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,peers]'  # peers (docs/peers.md): none of them asks for another torch
 	touch $@
 
 # The real Fashion-MNIST: use what is there, else install Debian's package (as root), else say how.

@@ -15,7 +15,6 @@ from pathlib import Path
 import _report_runs as R
 import pytest
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import softmax_impls
 from bench import UserError
@@ -71,8 +70,8 @@ def test_mann_whitney_by_hand():
     # a = 1 2 3, b = 4 5 6: b's ranks 4+5+6 = 15, U = 15 - 3*4/2 = 9, mean 9/2, variance 3*3/12*7 = 5.25,
     # z = (9 - 4.5 - 0.5) / sqrt(5.25) = 1.745743; p = erfc(z / sqrt 2) / 2 = 0.0404278
     assert mann_whitney_greater([1, 2, 3], [4, 5, 6]) == pytest.approx(0.0404278, abs=1e-7)
-    # the other way round: U = 0, z = (0 - 4.5 - 0.5) / sqrt(5.25) = -2.182179; p = 0.985453
-    assert mann_whitney_greater([4, 5, 6], [1, 2, 3]) == pytest.approx(0.985453, abs=1e-6)
+    # the other way round: U = 0, z = (0 - 4.5 - 0.5) / sqrt(5.25) = -2.182179; p = 0.985452
+    assert mann_whitney_greater([4, 5, 6], [1, 2, 3]) == pytest.approx(0.985452, abs=1e-6)
     # ties: a = 1 2 2, b = 2 3 3; ranks 1 | 3 3 3 | 5.5 5.5, U = 3 + 5.5 + 5.5 - 6 = 8; tie groups of 3 and 2:
     # variance 9/12 * (7 - (24 + 6) / 30) = 4.5, z = (8 - 4.5 - 0.5) / sqrt(4.5) = sqrt(2), p = erfc(1) / 2
     assert mann_whitney_greater([1, 2, 2], [2, 3, 3]) == pytest.approx(math.erfc(1) / 2, rel=1e-12)
@@ -102,24 +101,18 @@ def test_parse_threshold():
 
 # --- the gate on real runs ---------------------------------------------------------------------------------
 
-def _peak_free(v: softmax_impls.Variant) -> softmax_impls.Variant:
-    """`v` refusing to run under a TorchDispatchMode, as a compiled graph does: its peak_bytes row is skipped."""
-    def guard(fn):
-        def call(*args, **kwargs):
-            if _get_current_dispatch_mode() is not None:
-                raise RuntimeError("cannot run under a TorchDispatchMode")
-            return fn(*args, **kwargs)
-        return call
-    return dataclasses.replace(v, softmax=guard(v.softmax), cross_entropy=guard(v.cross_entropy))
+def _skip_peak(run: Path, variant: str) -> None:
+    """Mark `variant`'s peak_bytes rows skipped, as the CPU sweep once stored every `compiled` unit's."""
+    _edit_rows(run, lambda rows: [r | {"value": "", "status": "skipped", "message": "no peak under torch.compile"}
+                                  if r["variant"] == variant and r["metric"] == "peak_bytes" else r for r in rows])
 
 
 def test_a_slowdown_in_one_variant_is_caught_even_with_its_peak_bytes_skipped(misbehaving, tmp_path, monkeypatch,
                                                                               capsys):
-    swap = {"slowed": _peak_free(softmax_impls.get("slowed"))}
-    before = _sweep(tmp_path, ["torch", "logsumexp", "slowed"], swap=swap, monkeypatch=monkeypatch)
-    after = _sweep(tmp_path, ["torch", "logsumexp", "slowed"], swap=swap, monkeypatch=monkeypatch, slowdown=3)
-    peak = Run.open(after).read("throughput").query("variant == 'slowed' and metric == 'peak_bytes'")
-    assert set(peak["status"]) == {"skipped"}  # the case that once hid every time of the unit
+    before = _sweep(tmp_path, ["torch", "logsumexp", "slowed"], monkeypatch=monkeypatch)
+    after = _sweep(tmp_path, ["torch", "logsumexp", "slowed"], monkeypatch=monkeypatch, slowdown=3)
+    for run in (before, after):
+        _skip_peak(run, "slowed")  # the case that once hid every time of the unit
     assert main(["compare", str(before), str(after)]) == 1
     out = capsys.readouterr().out
     slower = [line for line in _lines(out, "slowed") if line.rstrip().endswith(" slower")]

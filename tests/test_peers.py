@@ -59,7 +59,7 @@ def _prob_scale(p: torch.Tensor, tiny: float) -> torch.Tensor:
 
 
 def _check_against_float64(variant: softmax_impls.Variant, shape: tuple[int, int], dtype: torch.dtype,
-                           device: torch.device) -> None:
+                           device: torch.device, softmax_grad: bool = True) -> None:
     """Forward (softmax, log_softmax, cross-entropy) and gradients (cross-entropy, softmax) against float64."""
     tol = variant.contract.ordinary_tolerance_ulps * UNIT_ROUNDOFF[dtype]
     tiny = torch.finfo(dtype).tiny
@@ -93,6 +93,8 @@ def _check_against_float64(variant: softmax_impls.Variant, shape: tuple[int, int
     _within(f"{label} d cross_entropy", leaf.grad, w64 * (p64 - onehot),
             tol * w64 * (_prob_scale(p64, tiny) + onehot + at_max))
 
+    if not softmax_grad:
+        return
     # softmax backward: dx = p * (dy - sum(dy * p)); the sum cancels, so the bound is relative to |dy| p
     leaf = x.detach().clone().requires_grad_(True)
     (dx,) = torch.autograd.grad(variant.softmax(leaf), leaf, dy)
@@ -142,10 +144,13 @@ def test_liger_under_the_triton_interpreter() -> None:
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_peers import _check_against_float64
         v = softmax_impls.get("liger")
-        assert v.skip_reason(torch.device("cpu"), torch.float32) is None, v.skip_reason(torch.device("cpu"), torch.float32)
+        reason = v.skip_reason(torch.device("cpu"), torch.float32)
+        assert reason is None, reason
         for dtype in v.dtypes:
             for shape in [(37, 10), (23, 781)]:
-                _check_against_float64(v, shape, dtype, torch.device("cpu"))
+                # Triton 3.8's interpreter adds and multiplies two bfloat16 blocks as garbage (docs/peers.md), and
+                # Liger's softmax backward does dy * y in the input dtype: not a Liger result, so not checked here
+                _check_against_float64(v, shape, dtype, torch.device("cpu"), softmax_grad=dtype != torch.bfloat16)
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1"}

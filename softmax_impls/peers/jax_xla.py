@@ -81,7 +81,12 @@ def _to_jax(t: Tensor):
 def _call(table: str, op: str, *tensors: Tensor) -> Tensor:
     lib = LIB.get()
     fn = getattr(lib, table)[op]
-    return torch.from_dlpack(fn(*(_to_jax(t) for t in tensors)))
+    out = fn(*(_to_jax(t) for t in tensors))
+    if tensors[0].device.type == "cpu":
+        # JAX dispatches asynchronously and reads the aliased torch buffers when it runs: finish before the
+        # caller may free or overwrite them (and before a timer stops). On CUDA, DLPack orders the streams.
+        out.block_until_ready()
+    return torch.from_dlpack(out)
 
 
 class _Op(torch.autograd.Function):

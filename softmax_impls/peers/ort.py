@@ -171,6 +171,7 @@ def _run(kind: str, dtype: torch.dtype, out_shape: tuple[int, ...], **inputs: Te
 
 
 def _check(x: Tensor) -> None:
+    LIB.get()  # raises the reason when onnxruntime cannot be used (the session cache may outlive it in tests)
     if x.dtype not in DTYPES:
         raise TypeError(f"onnxruntime variant: {x.dtype} is not supported (CPU onnxruntime has no bfloat16 Softmax)")
 
@@ -232,13 +233,14 @@ variant = Variant(
         # measured by `softmax-bench check onnxruntime` (onnxruntime 1.31.1, CPU); reproducers in docs/peers.md
         expected_failures={
             # LogSoftmax is x - max - log(sum) with sum = 1 + tiny: log without log1p rounds a confident correct
-            # prediction's loss toward 0, as torch's does. float16 passes: the kernel computes it in float32. The
-            # double Softmax also sums its row sequentially: 103 u on a 16384-long row of one 1 and tiny terms.
+            # prediction's loss toward 0, as torch's does (float16 passes: within 64 of its coarser u). The double
+            # Softmax sums its row by a Gemv against ones, which absorbs tiny terms after a leading 1: 103 u on a
+            # 16384-long row
             "confident_correct": ("float64", "float32"),
-            # the double LogSoftmax (not MLAS's float kernel) gives -inf beside a +inf entry and nan at it;
-            # the reference, its own Softmax and the float32 kernel give nan for the whole row
+            # the double LogSoftmax (softmax_shared.cc, not MLAS) takes log(fmax(sum, 1e-20)): fmax drops a nan
+            # sum, so a row holding +inf gives -inf beside it (nan at it), and a row holding nan after its first
+            # entry gives finite values (x - max + 46.05, a bug); the reference, its Softmax and MLAS give nan
             "posinf_entries": ("float64",),
-            # the double LogSoftmax skips a nan that is not the row's first entry: finite values come out (a bug)
             "nan_entries": ("float64",),
         },
         notes="fused LogSoftmax without log1p; float64 LogSoftmax mishandles nan and +inf rows; no bfloat16 on CPU",
