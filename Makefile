@@ -11,10 +11,20 @@ SYSTEM_FASHION_MNIST := /usr/share/datasets/fashion-mnist
 setup: $(STAMP) dataset
 
 # torch/torchvision are pinned here (they lie on this machine's disk); pyproject accepts torch >= 2.4.
+# TORCH=system keeps the torch the machine already has (a GPU box, a cluster, conda; no network needed when
+# it also has the other dependencies): the venv sees the system's packages and nothing pins torch.
+TORCH ?= pinned
 $(STAMP): pyproject.toml
+ifeq ($(TORCH),system)
+	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(BIN)/python -c "import torch, sys; v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); 	  sys.exit(0 if v >= (2, 4) else 'TORCH=system: torch ' + torch.__version__ + ' is older than 2.4')" 	  || { echo "TORCH=system needs an importable torch >= 2.4 for $(PYTHON); or use make setup without TORCH"; exit 2; }
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev]' || $(BIN)/pip install -q -e '.[dev]'
+	-$(BIN)/pip install -q --no-build-isolation -e '.[dev,peers]' 	  || echo "the peers (docs/peers.md) could not be installed here; every study records them as skipped"
+else
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,peers]'  # peers (docs/peers.md): none of them asks for another torch
+	$(BIN)/pip install -q -e '.[dev,peers,chapter]'  # peers (docs/peers.md): none of them asks for another torch
+endif
 	touch $@
 
 # The real Fashion-MNIST: use what is there, else install Debian's package (as root), else say how.

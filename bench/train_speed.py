@@ -44,9 +44,14 @@ def write_idx_folder(ds: FashionMNIST, root: Path) -> None:
 
 def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[float, float, float]:
     """The chapter's code, nearly verbatim. Returns (train loss, train acc, test acc) of the last epoch."""
-    import torchvision
+    try:
+        import torchvision
+        from torchvision import transforms
+    except ImportError as exc:  # optional: only the chapter's own pipeline needs it
+        raise UserError(f"the chapter's pipeline needs torchvision, which does not import here ({exc}); "
+                        f"install it beside your torch (pip install -e '.[chapter]', or `make setup`, which pins "
+                        f"torchvision 0.29.1 with torch 2.14.1).") from None
     from torch.utils import data
-    from torchvision import transforms
 
     torch.manual_seed(seed)
     trans = transforms.ToTensor()
