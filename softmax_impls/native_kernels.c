@@ -140,6 +140,43 @@ INLINE vf vf_of_f16(vh h) { return _mm512_cvtph_ps(h); }
 INLINE vh f16_of_vf(vf v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 INLINE vh vh_pack(vi v) { return _mm512_cvtepi32_epi16(v); }  /* the low 16 bits of each lane */
 
+/* float64: DW lanes of a vd, dm a lane mask, vl DW int64 lanes */
+#define DW 8
+typedef __m512d vd;
+typedef __mmask8 dm;
+typedef __m512i vl;
+INLINE vd dset(double a) { return _mm512_set1_pd(a); }
+INLINE vd dzero(void) { return _mm512_setzero_pd(); }
+INLINE vd dadd(vd a, vd b) { return _mm512_add_pd(a, b); }
+INLINE vd dsub(vd a, vd b) { return _mm512_sub_pd(a, b); }
+INLINE vd dmul(vd a, vd b) { return _mm512_mul_pd(a, b); }
+INLINE vd dmax(vd a, vd b) { return _mm512_max_pd(a, b); }
+INLINE vd dmin(vd a, vd b) { return _mm512_min_pd(a, b); }
+INLINE vd dfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
+INLINE vd dfnma(vd a, vd b, vd c) { return _mm512_fnmadd_pd(a, b, c); }
+#define dcmp(a, b, pred) _mm512_cmp_pd_mask((a), (b), (pred))
+INLINE vd dsel(dm k, vd a, vd b) { return _mm512_mask_mov_pd(b, k, a); }
+INLINE vd dadd_if(dm k, vd s, vd e) { return _mm512_mask_add_pd(s, k, s, e); }
+INLINE dm dm_or(dm a, dm b) { return a | b; }
+INLINE dm dm_and(dm a, dm b) { return a & b; }
+INLINE dm dm_not(dm a) { return (dm)~a; }
+INLINE int dm_any(dm k) { return k != 0; }
+INLINE int dm_count(dm k) { return __builtin_popcount((unsigned)k); }
+INLINE dm dtail(int64_t left) { return left >= DW ? (dm)0xFF : (dm)((1u << left) - 1u); }
+INLINE vd dload(const double *p) { return _mm512_loadu_pd(p); }
+INLINE void dstore(double *p, vd v) { _mm512_storeu_pd(p, v); }
+INLINE void dstream(double *p, vd v) { _mm512_stream_pd(p, v); }
+INLINE vd dload_mask(dm k, const double *p, double fill) { return _mm512_mask_loadu_pd(_mm512_set1_pd(fill), k, p); }
+INLINE void dstore_mask(double *p, dm k, vd v) { _mm512_mask_storeu_pd(p, k, v); }
+INLINE double dsum(vd v) { return _mm512_reduce_add_pd(v); }
+INLINE double dmaxr(vd v) { return _mm512_reduce_max_pd(v); }
+INLINE vd dfloor(vd x) { return _mm512_roundscale_pd(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+INLINE vl vl_of(vd v) { return _mm512_castpd_si512(v); }
+INLINE vd vd_of(vl v) { return _mm512_castsi512_pd(v); }
+INLINE vl vl_add(vl a, vl b) { return _mm512_add_epi64(a, b); }
+INLINE vl vl_set(int64_t a) { return _mm512_set1_epi64(a); }
+#define vl_sll(a, k) _mm512_slli_epi64((a), (k))
+
 /* The in-place transpose of a W x W block held in W registers. */
 INLINE void transpose(vf r[W]) {
     vf t[W];
@@ -246,6 +283,53 @@ INLINE vh f16_of_vf(vf v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT 
 /* the low 16 bits of each lane; the lanes hold values below 2^16, so the unsigned saturation never bites */
 INLINE vh vh_pack(vi v) { return _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); }
 
+#define DW 4
+typedef __m256d vd;
+typedef __m256d dm;
+typedef __m256i vl;
+INLINE vd dset(double a) { return _mm256_set1_pd(a); }
+INLINE vd dzero(void) { return _mm256_setzero_pd(); }
+INLINE vd dadd(vd a, vd b) { return _mm256_add_pd(a, b); }
+INLINE vd dsub(vd a, vd b) { return _mm256_sub_pd(a, b); }
+INLINE vd dmul(vd a, vd b) { return _mm256_mul_pd(a, b); }
+INLINE vd dmax(vd a, vd b) { return _mm256_max_pd(a, b); }
+INLINE vd dmin(vd a, vd b) { return _mm256_min_pd(a, b); }
+INLINE vd dfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
+INLINE vd dfnma(vd a, vd b, vd c) { return _mm256_fnmadd_pd(a, b, c); }
+#define dcmp(a, b, pred) _mm256_cmp_pd((a), (b), (pred))
+INLINE vd dsel(dm k, vd a, vd b) { return _mm256_blendv_pd(b, a, k); }
+INLINE vd dadd_if(dm k, vd s, vd e) { return _mm256_add_pd(s, _mm256_and_pd(k, e)); }
+INLINE dm dm_or(dm a, dm b) { return _mm256_or_pd(a, b); }
+INLINE dm dm_and(dm a, dm b) { return _mm256_and_pd(a, b); }
+INLINE dm dm_not(dm a) { return _mm256_xor_pd(a, _mm256_castsi256_pd(_mm256_set1_epi64x(-1))); }
+INLINE int dm_any(dm k) { return _mm256_movemask_pd(k) != 0; }
+INLINE int dm_count(dm k) { return __builtin_popcount((unsigned)_mm256_movemask_pd(k)); }
+INLINE dm dtail(int64_t left) {
+    int64_t l = left >= DW ? DW : left;
+    return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(l), _mm256_setr_epi64x(0, 1, 2, 3)));
+}
+INLINE vd dload(const double *p) { return _mm256_loadu_pd(p); }
+INLINE void dstore(double *p, vd v) { _mm256_storeu_pd(p, v); }
+INLINE void dstream(double *p, vd v) { _mm256_stream_pd(p, v); }
+INLINE vd dload_mask(dm k, const double *p, double fill) {
+    return _mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_maskload_pd(p, _mm256_castpd_si256(k)), k);
+}
+INLINE void dstore_mask(double *p, dm k, vd v) { _mm256_maskstore_pd(p, _mm256_castpd_si256(k), v); }
+INLINE double dsum(vd v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+INLINE double dmaxr(vd v) {
+    __m128d s = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+}
+INLINE vd dfloor(vd x) { return _mm256_floor_pd(x); }
+INLINE vl vl_of(vd v) { return _mm256_castpd_si256(v); }
+INLINE vd vd_of(vl v) { return _mm256_castsi256_pd(v); }
+INLINE vl vl_add(vl a, vl b) { return _mm256_add_epi64(a, b); }
+INLINE vl vl_set(int64_t a) { return _mm256_set1_epi64x(a); }
+#define vl_sll(a, k) _mm256_slli_epi64((a), (k))
+
 INLINE void transpose(vf r[W]) {
     vf t[W];
     for (int i = 0; i < W; i += 2) {
@@ -279,8 +363,8 @@ INLINE void prefetch(const void *p) { _mm_prefetch((const char *)p, PF_HINT); }
 /* ---------------------------------------------------------------------------------------------------- */
 /* element types: rows are read and written in their dtype, computed in float32                          */
 
-enum dtype { F32 = 0, BF16 = 1, F16 = 2 };
-#define ESIZE(dt) ((dt) == F32 ? 4 : 2)
+enum dtype { F32 = 0, BF16 = 1, F16 = 2, F64 = 3 };  /* float64 has its own kernels (see "float64" below) */
+#define ESIZE(dt) ((dt) == F32 ? 4 : (dt) == F64 ? 8 : 2)
 
 /* float32 -> bfloat16 bits, round to nearest even (as torch's c10::BFloat16); nan -> 0x7fc0. The add
    cannot carry a finite value past inf: the largest finite float32 rounds to inf, as it should. */
@@ -954,17 +1038,240 @@ INLINE void narrow_ce_bwd(const narrow_tab *tab, const float *x, const int64_t *
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* float64: one row at a time, DW lanes of double                                                         */
+
+/* The same algorithms as the float32 wide rows, without the software pipeline (a float64 exp costs about
+   twice a float32 one per lane, so the row's passes are bound by arithmetic, not by DRAM) and without the
+   narrow layout: short rows (the chapter's 10 columns) take one masked vector or two, which is already far
+   ahead of torch's float64 kernels there. Per-row scalars (the row factor, log1p(s'), the target's
+   probability) use libm, correctly rounded or nearly. */
+
+/* e^r for |r| <= ln2 / 2, r = x - n ln2 in two parts (fdlibm's ln2 split: n ln2_hi is exact): the Taylor
+   series to degree 13, whose remainder (r^14 / 14!) is 1/50 of an ulp. */
+INLINE vd dexp_poly(vd x, vd n) {
+    vd r = dfnma(n, dset(6.93147180369123816490e-01), x);
+    r = dfnma(n, dset(1.90821492927058770002e-10), r);
+    double c = 1.0;
+    for (int k = 2; k <= 13; ++k) c /= k;  /* 1/13!, constant-folded */
+    vd p = dset(c);
+    for (int k = 13; k >= 2; --k) {
+        c *= k;  /* 1/(k-1)! */
+        p = dfma(p, r, dset(c));
+    }
+    return dfma(p, r, dset(1.0));
+}
+
+#define DMAGIC 6755399441055744.0  /* 1.5 * 2^52: x + DMAGIC holds round(x) in its low mantissa bits */
+
+/* e^x for every x: as vexp, with 2^n = 2^k1 2^k2, both normal, so a subnormal result is rounded once;
+   x clamped to [-746, 710] (beyond, 0 and inf), nan passes through the clamp. */
+INLINE vd dexp(vd x) {
+    x = dmax(dset(-746.0), dmin(dset(710.0), x));
+    vd n = dsub(dfma(x, dset(1.4426950408889634), dset(DMAGIC)), dset(DMAGIC));
+    vd k1 = dfloor(dmul(n, dset(0.5))), k2 = dsub(n, k1);
+    vd s1 = vd_of(vl_add(vl_sll(vl_of(dadd(k1, dset(DMAGIC))), 52), vl_set(1023LL << 52)));
+    vd s2 = vd_of(vl_add(vl_sll(vl_of(dadd(k2, dset(DMAGIC))), 52), vl_set(1023LL << 52)));
+    return dmul(dmul(dexp_poly(x, n), s1), s2);
+}
+
+/* e^x for x >= -708 (a normal result): n added to the exponent bits; lanes below, or nan, set *slow. */
+INLINE vd dexp_fast(vd x, dm *slow) {
+    *slow = dm_or(*slow, dcmp(x, dset(-708.0), _CMP_NGE_UQ));
+    vd t = dfma(x, dset(1.4426950408889634), dset(DMAGIC));
+    vd n = dsub(t, dset(DMAGIC));
+    return vd_of(vl_add(vl_of(dexp_poly(x, n)), vl_sll(vl_of(t), 52)));
+}
+
+INLINE double dshift_of(double m) { return m == -INFINITY ? 0.0 : m; }
+INLINE double first_d(vd v) { double a[DW]; dstore(a, v); return a[0]; }
+
+/* Prefetches the bytes [p, p + len) into L2, a line at a time (the next row while this one computes). */
+INLINE void dprefetch(const double *p, int64_t len) {
+    for (int64_t k = 0; k < len * 8; k += 64) prefetch((const char *)p + k);
+}
+
+static double drow_max(const double *x, int64_t n) {
+    vd a0 = dset(-INFINITY), a1 = a0;
+    int64_t i = 0;
+    for (; i + 2 * DW <= n; i += 2 * DW) {
+        a0 = dmax(a0, dload(x + i));
+        a1 = dmax(a1, dload(x + i + DW));
+    }
+    for (; i < n; i += DW) a0 = dmax(a0, dload_mask(dtail(n - i), x + i, -INFINITY));
+    return dmaxr(dmax(a0, a1));
+}
+
+/* s' of a row (see row_rest): blocked sums of exp(x - shift) over the entries != m, plus (copies of m) - 1;
+   -1 for a fully masked row, nan for a row whose max is +inf. Prefetches the next row meanwhile, so its
+   first pass (the max) reads from L2 while this row's exps keep the core busy. */
+static double drow_rest(const double *x, int64_t n, double m) {
+    vd mv = dset(m), shift = dset(dshift_of(m));
+    double total = 0.0;
+    int64_t ties = 0;
+    for (int64_t b = 0; b < n; b += CHUNK) {
+        int64_t len = n - b < CHUNK ? n - b : CHUNK;
+        const double *xb = x + b;
+        for (int exact = 0; exact < 2; ++exact) {  /* the hot-path exp first; exactly when a lane needs it */
+            dm slow = dcmp(mv, mv, _CMP_FALSE_OQ);
+            vd s0 = dzero(), s1 = s0;
+            int64_t t = 0, i = 0;
+            for (; i + 2 * DW <= len; i += 2 * DW) {
+                if (!exact) dprefetch(xb + i + n, 2 * DW);  /* the next row (rows are contiguous) into L2 */
+                vd x0 = dload(xb + i), x1 = dload(xb + i + DW);
+                dm k0 = dcmp(x0, mv, _CMP_NEQ_UQ), k1 = dcmp(x1, mv, _CMP_NEQ_UQ);
+                vd e0 = exact ? dexp(dsub(x0, shift)) : dexp_fast(dsub(x0, shift), &slow);
+                vd e1 = exact ? dexp(dsub(x1, shift)) : dexp_fast(dsub(x1, shift), &slow);
+                s0 = dadd_if(k0, s0, e0);
+                s1 = dadd_if(k1, s1, e1);
+                t += dm_count(dm_not(k0)) + dm_count(dm_not(k1));
+            }
+            for (; i < len; i += DW) {  /* the tail: lanes past the row hold the shift (exp 1, left out) */
+                dm valid = dtail(len - i);
+                vd x0 = dload_mask(valid, xb + i, dshift_of(m));
+                dm k0 = dcmp(x0, mv, _CMP_NEQ_UQ);
+                vd e0 = exact ? dexp(dsub(x0, shift)) : dexp_fast(dsub(x0, shift), &slow);
+                s0 = dadd_if(dm_and(k0, valid), s0, e0);
+                t += dm_count(dm_and(dm_not(k0), valid));
+            }
+            if (exact || !dm_any(slow)) {
+                total += dsum(dadd(s0, s1));
+                ties += t;
+                break;
+            }
+        }
+    }
+    if (m == -INFINITY) return -1.0;
+    if (m == INFINITY) return NAN;
+    return total + (double)(ties - 1);
+}
+
+INLINE void dput(double *p, vd v, int stream) { if (stream) dstream(p, v); else dstore(p, v); }
+INLINE int daligned(const double *p) { return ((uintptr_t)p & (DW * 8 - 1)) == 0; }
+
+/* softmax of one row: m, e = exp(x - shift) into scratch e with its sum S, y = e / S (streamed for big
+   outputs). A fully masked row gives 0 * inf = nan, a nan or +inf row nan through S, as in float32. */
+static void dsoftmax_row(const double *x, double *y, int64_t n, double *e, const double *next, int stream) {
+    vd shift = dset(dshift_of(drow_max(x, n)));
+    vd s0 = dzero(), s1 = s0;
+    dm slow = dcmp(shift, shift, _CMP_FALSE_OQ);
+    int64_t i = 0;
+    for (; i + 2 * DW <= n; i += 2 * DW) {
+        if (next) dprefetch(next + i, 2 * DW);
+        vd e0 = dexp_fast(dsub(dload(x + i), shift), &slow), e1 = dexp_fast(dsub(dload(x + i + DW), shift), &slow);
+        dstore(e + i, e0);
+        dstore(e + i + DW, e1);
+        s0 = dadd(s0, e0);
+        s1 = dadd(s1, e1);
+    }
+    if (__builtin_expect(dm_any(slow), 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
+        s0 = s1 = dzero();
+        for (i = 0; i + 2 * DW <= n; i += 2 * DW) {
+            vd e0 = dexp(dsub(dload(x + i), shift)), e1 = dexp(dsub(dload(x + i + DW), shift));
+            dstore(e + i, e0);
+            dstore(e + i + DW, e1);
+            s0 = dadd(s0, e0);
+            s1 = dadd(s1, e1);
+        }
+    }
+    for (; i < n; i += DW) {  /* the tail: lanes past the row hold the shift, their exp is dropped */
+        dm k = dtail(n - i), tail_slow = dcmp(shift, shift, _CMP_FALSE_OQ);
+        vd xv = dsub(dload_mask(k, x + i, first_d(shift)), shift);
+        vd e0 = dexp_fast(xv, &tail_slow);
+        if (__builtin_expect(dm_any(tail_slow), 0)) e0 = dexp(xv);
+        e0 = dsel(k, e0, dzero());
+        dstore_mask(e + i, k, e0);
+        s0 = dadd(s0, e0);
+    }
+    vd f = dset(1.0 / dsum(dadd(s0, s1)));
+    int st = stream && daligned(y);
+    for (i = 0; i + DW <= n; i += DW) dput(y + i, dmul(dload(e + i), f), st);
+    if (i < n) dstore_mask(y + i, dtail(n - i), dmul(dload_mask(dtail(n - i), e + i, 0.0), f));
+}
+
+/* log-softmax of one row: y = (x - shift) - log1p(s'). */
+static void dlog_softmax_row(const double *x, double *y, int64_t n, int stream) {
+    double m = drow_max(x, n);
+    vd shift = dset(dshift_of(m)), l = dset(log1p(drow_rest(x, n, m)));
+    int st = stream && daligned(y);
+    int64_t i = 0;
+    for (; i + DW <= n; i += DW) dput(y + i, dsub(dsub(dload(x + i), shift), l), st);
+    if (i < n) dstore_mask(y + i, dtail(n - i), dsub(dsub(dload_mask(dtail(n - i), x + i, 0.0), shift), l));
+}
+
+/* softmax backward dx = y (dy - sum(dy y)); log-softmax backward dx = dy - exp(y) sum(dy). */
+static void dsoftmax_bwd_row(const double *y, const double *dy, double *dx, int64_t n, int log, int stream) {
+    vd s0 = dzero(), s1 = s0;
+    int64_t i = 0;
+    for (; i + 2 * DW <= n; i += 2 * DW) {
+        vd g0 = dload(dy + i), g1 = dload(dy + i + DW);
+        s0 = log ? dadd(s0, g0) : dfma(g0, dload(y + i), s0);
+        s1 = log ? dadd(s1, g1) : dfma(g1, dload(y + i + DW), s1);
+    }
+    for (; i < n; i += DW) {
+        dm k = dtail(n - i);
+        vd g0 = dload_mask(k, dy + i, 0.0);
+        s0 = log ? dadd(s0, g0) : dfma(g0, dload_mask(k, y + i, 0.0), s0);
+    }
+    vd d = dset(dsum(dadd(s0, s1)));
+    int st = stream && daligned(dx);
+    for (i = 0; i + DW <= n; i += DW) {
+        vd yv = dload(y + i), g = dload(dy + i);
+        dput(dx + i, log ? dfnma(dexp(yv), d, g) : dmul(yv, dsub(g, d)), st);
+    }
+    if (i < n) {
+        dm k = dtail(n - i);
+        vd yv = dload_mask(k, y + i, 0.0), g = dload_mask(k, dy + i, 0.0);
+        dstore_mask(dx + i, k, log ? dfnma(dexp(yv), d, g) : dmul(yv, dsub(g, d)));
+    }
+}
+
+/* cross-entropy forward of one row: loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s'). */
+static int dce_fwd_row(const double *x, int64_t t, int64_t n, double *loss, double *shift, double *lse_tail) {
+    double m = drow_max(x, n), l = log1p(drow_rest(x, n, m)), sh = dshift_of(m);
+    int bad = t < 0 || t >= n;
+    *loss = bad ? NAN : (sh - x[t]) + l;
+    *shift = sh;
+    *lse_tail = l;
+    return bad;
+}
+
+/* cross-entropy backward of one row: dx = g (exp((x - shift) - l) - onehot(t)). */
+static void dce_bwd_row(const double *x, int64_t t, int64_t n, double sh, double l, double g, double *dx,
+                        const double *next, int stream) {
+    vd shv = dset(sh), lv = dset(l), gv = dset(g);
+    int st = stream && daligned(dx);
+    dm slow = dcmp(gv, gv, _CMP_FALSE_OQ);
+    int64_t i = 0;
+    for (; i + DW <= n; i += DW) {
+        if (next) dprefetch(next + i, DW);
+        dput(dx + i, dmul(dexp_fast(dsub(dsub(dload(x + i), shv), lv), &slow), gv), st);
+    }
+    if (__builtin_expect(dm_any(slow), 0)) {  /* a masked entry, a far tail or a nan: redo exactly */
+        if (st) _mm_sfence();
+        for (i = 0; i + DW <= n; i += DW) dstore(dx + i, dmul(dexp(dsub(dsub(dload(x + i), shv), lv)), gv));
+    }
+    if (i < n) {
+        dm k = dtail(n - i);
+        dstore_mask(dx + i, k, dmul(dexp(dsub(dsub(dload_mask(k, x + i, -INFINITY), shv), lv)), gv));
+    }
+    if (t >= 0 && t < n) {
+        if (st) _mm_sfence();  /* the streamed line holding dx[t] must land before it is rewritten */
+        dx[t] = g * (exp((x[t] - sh) - l) - 1.0);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* driving: split the work into units (a row, or a block of W rows) over the threads                     */
 
 enum op { OP_SOFTMAX, OP_LOG_SOFTMAX, OP_SOFTMAX_BWD, OP_LOG_SOFTMAX_BWD, OP_CE_FWD, OP_CE_BWD };
 
 typedef struct {
     enum op op;
-    int dt;                      /* element type of a, b, g and out (shift and lse_tail are float32) */
+    int dt;                      /* element type of a, b, g and out */
     const void *a, *b, *g;       /* x (or y), dy, dloss */
     const int64_t *t;
     void *out;                   /* y / dx / loss */
-    float *shift, *lse_tail;     /* the per-row statistics of the loss */
+    void *shift, *lse_tail;      /* the per-row statistics of the loss: float32 (float64 for float64 rows) */
     int64_t m, n;
     int narrow, stream;
     narrow_tab tab;
@@ -1012,8 +1319,8 @@ INLINE int64_t run_units_body(const job *j, int64_t u0, int64_t u1, const int dt
             if (dt == F32) {
                 const float *fa = (const float *)j->a, *fb = (const float *)j->b;
                 float *fo = (float *)j->out + (j->op == OP_CE_FWD ? r : r * n);
-                bad += narrow_block(j, fa + r * n, fb ? fb + r * n : NULL, fo, j->t + r, j->shift + r,
-                                    j->lse_tail + r, j->g ? (const float *)j->g + r : NULL, stream_ok);
+                bad += narrow_block(j, fa + r * n, fb ? fb + r * n : NULL, fo, j->t + r, (float *)j->shift + r,
+                                    (float *)j->lse_tail + r, j->g ? (const float *)j->g + r : NULL, stream_ok);
                 continue;
             }
             /* half precision: widen the block (and dloss) to float32, run the float32 block, round back */
@@ -1021,7 +1328,7 @@ INLINE int64_t run_units_body(const job *j, int64_t u0, int64_t u1, const int dt
             widen(a + r * n * es, xa, W * n, dt);
             widen(j->b ? b + r * n * es : NULL, xb, W * n, dt);
             widen(j->g ? (const char *)j->g + r * es : NULL, xg, W, dt);
-            bad += narrow_block(j, xa, xb, xo, j->t + r, j->shift + r, j->lse_tail + r, xg, 0);
+            bad += narrow_block(j, xa, xb, xo, j->t + r, (float *)j->shift + r, (float *)j->lse_tail + r, xg, 0);
             int64_t len = j->op == OP_CE_FWD ? W : W * n, i = 0;
             char *o = out + (j->op == OP_CE_FWD ? r : r * n) * es;
             for (; i + W <= len; i += W) st(o, i, vload(xo + i), dt, 0);
@@ -1042,12 +1349,13 @@ INLINE int64_t run_units_body(const job *j, int64_t u0, int64_t u1, const int dt
         case OP_LOG_SOFTMAX_BWD: softmax_bwd_row(ar, b + r * n * es, o, n, 1, j->stream, dt); break;
         case OP_CE_FWD: {
             float loss;
-            bad += ce_fwd_row(ar, j->t[r], n, &loss, j->shift + r, j->lse_tail + r, dt);
+            bad += ce_fwd_row(ar, j->t[r], n, &loss, (float *)j->shift + r, (float *)j->lse_tail + r, dt);
             st1(out, r, loss, dt);
             break;
         }
         case OP_CE_BWD:
-            ce_bwd_row(ar, j->t[r], n, j->shift[r], j->lse_tail[r], ld1(j->g, r, dt), o, j->stream, dt);
+            ce_bwd_row(ar, j->t[r], n, ((float *)j->shift)[r], ((float *)j->lse_tail)[r], ld1(j->g, r, dt), o,
+                       j->stream, dt);
             break;
         }
     }
@@ -1065,15 +1373,43 @@ __attribute__((flatten)) static int64_t run_units_f16(const job *j, int64_t u0, 
     return run_units_body(j, u0, u1, F16);
 }
 
+/* Rows [r0, r1) of a float64 job (one row per unit); the same returns as run_units_body. */
+static int64_t run_units_f64(const job *j, int64_t r0, int64_t r1) {
+    const int64_t n = j->n;
+    const double *a = (const double *)j->a, *b = (const double *)j->b;
+    double *out = (double *)j->out, *sh = (double *)j->shift, *lt = (double *)j->lse_tail;
+    double *e = NULL;
+    int64_t bad = 0;
+    if (j->op == OP_SOFTMAX && !(e = (double *)scratch(2 * n))) return -1;
+    for (int64_t r = r0; r < r1; ++r) {
+        const double *ar = a + r * n, *next = r + 1 < r1 ? ar + n : NULL;
+        double *o = out + r * n;
+        switch (j->op) {
+        case OP_SOFTMAX: dsoftmax_row(ar, o, n, e, next, j->stream); break;
+        case OP_LOG_SOFTMAX: dlog_softmax_row(ar, o, n, j->stream); break;
+        case OP_SOFTMAX_BWD: dsoftmax_bwd_row(ar, b + r * n, o, n, 0, j->stream); break;
+        case OP_LOG_SOFTMAX_BWD: dsoftmax_bwd_row(ar, b + r * n, o, n, 1, j->stream); break;
+        case OP_CE_FWD: bad += dce_fwd_row(ar, j->t[r], n, out + r, sh + r, lt + r); break;
+        case OP_CE_BWD: dce_bwd_row(ar, j->t[r], n, sh[r], lt[r], ((const double *)j->g)[r], o, next, j->stream); break;
+        }
+    }
+    if (j->stream) _mm_sfence();
+    return bad;
+}
+
 static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
-    return j->dt == BF16 ? run_units_bf16(j, u0, u1) : j->dt == F16 ? run_units_f16(j, u0, u1)
-                                                                     : run_units_f32(j, u0, u1);
+    switch (j->dt) {
+    case BF16: return run_units_bf16(j, u0, u1);
+    case F16: return run_units_f16(j, u0, u1);
+    case F64: return run_units_f64(j, u0, u1);
+    default: return run_units_f32(j, u0, u1);
+    }
 }
 
 static int64_t run(job *j, int threads) {
     if (j->m <= 0 || (j->n <= 0 && j->op != OP_CE_FWD)) return 0;
-    if (j->dt < F32 || j->dt > F16) return -2;
-    j->narrow = j->n <= W && j->m >= W;
+    if (j->dt < F32 || j->dt > F64) return -2;
+    j->narrow = j->n <= W && j->m >= W && j->dt != F64;
     if (j->narrow) narrow_init(&j->tab, j->n);
     int64_t out_bytes = (j->op == OP_CE_FWD ? j->m : j->m * j->n) * (int64_t)ESIZE(j->dt);
     j->stream = out_bytes >= (int64_t)STREAM_MIN_BYTES;
@@ -1097,7 +1433,8 @@ static int64_t run(job *j, int threads) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* the ctypes interface (native.py); every buffer contiguous; dtype: 0 float32, 1 bfloat16, 2 float16     */
+/* the ctypes interface (native.py); every buffer contiguous; dtype: 0 float32, 1 bfloat16, 2 float16,
+   3 float64                                                                                              */
 
 /* y = softmax(x) (log = 0) or log_softmax(x) (log = 1) along rows of n. Returns 0, or -1 when out of memory. */
 int native_softmax_fwd(const void *x, void *y, int64_t m, int64_t n, int log, int dtype, int threads) {
@@ -1112,9 +1449,10 @@ int native_softmax_bwd(const void *y, const void *dy, void *dx, int64_t m, int64
     return (int)run(&j, threads);
 }
 
-/* loss[m] (dtype) from logits [m, n] (dtype) and int64 targets [m]; saves float32 shift[m] and lse_tail[m]
-   (= log1p(s')) for the backward. Returns the number of targets outside [0, n). */
-int64_t native_ce_fwd(const void *x, const int64_t *t, void *loss, float *shift, float *lse_tail, int64_t m,
+/* loss[m] (dtype) from logits [m, n] (dtype) and int64 targets [m]; saves shift[m] and lse_tail[m]
+   (= log1p(s')) for the backward, float32 (float64 for float64 logits). Returns the number of targets
+   outside [0, n). */
+int64_t native_ce_fwd(const void *x, const int64_t *t, void *loss, void *shift, void *lse_tail, int64_t m,
                       int64_t n, int dtype, int threads) {
     job j = {.op = OP_CE_FWD, .dt = dtype, .a = x, .t = t, .out = loss, .shift = shift, .lse_tail = lse_tail,
              .m = m, .n = n};
@@ -1122,9 +1460,9 @@ int64_t native_ce_fwd(const void *x, const int64_t *t, void *loss, float *shift,
 }
 
 /* dx [m, n] = g (softmax(x) - onehot(t)) from the forward's saved statistics and dloss g [m] (dtype). */
-int native_ce_bwd(const void *x, const int64_t *t, const float *shift, const float *lse_tail, const void *g,
+int native_ce_bwd(const void *x, const int64_t *t, const void *shift, const void *lse_tail, const void *g,
                   void *dx, int64_t m, int64_t n, int dtype, int threads) {
-    job j = {.op = OP_CE_BWD, .dt = dtype, .a = x, .t = t, .shift = (float *)shift, .lse_tail = (float *)lse_tail,
+    job j = {.op = OP_CE_BWD, .dt = dtype, .a = x, .t = t, .shift = (void *)shift, .lse_tail = (void *)lse_tail,
              .g = g, .out = dx, .m = m, .n = n};
     return (int)run(&j, threads);
 }
@@ -1144,6 +1482,22 @@ void native_exp_nonpos(const float *x, float *y, int64_t len, int dtype) {
         vm k = tail_mask(len - i);
         vf v = vload_mask(k, x + i, 0.0f);
         vstore_mask(y + i, k, dtype == F32 ? vexp_nonpos(v, F32) : vexp_nonpos(v, BF16));
+    }
+}
+
+/* The float64 vector exp alone: exact = 1 the general one, 0 the hot path (x <= 0 and nan). */
+void native_exp64(const double *x, double *y, int64_t len, int exact) {
+    for (int64_t i = 0; i < len; i += DW) {
+        dm k = dtail(len - i);
+        vd v = dload_mask(k, x + i, 0.0);
+        if (exact) {
+            v = dexp(v);
+        } else {
+            dm slow = dcmp(v, v, _CMP_FALSE_OQ);
+            vd y = dexp_fast(v, &slow);
+            v = dm_any(slow) ? dsel(slow, dexp(v), y) : y;
+        }
+        dstore_mask(y + i, k, v);
     }
 }
 

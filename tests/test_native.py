@@ -248,16 +248,18 @@ def _special_batch(rows: int, cols: int) -> torch.Tensor:
     return x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("rows,cols", [(64, 10), (4, 5000), (16, 16), (16, 17)])
-def test_special_values(rows: int, cols: int, threads: int, isa: str) -> None:
-    x = _special_batch(rows, cols)
+def test_special_values(rows: int, cols: int, threads: int, isa: str, dtype: torch.dtype) -> None:
+    x = _special_batch(rows, cols).to(dtype)
     ref = torch.softmax(x.double(), 1)  # nan for rows 0-2; zeros at the masked entries of row 3
     for name, out in [("softmax", native.softmax(x, 1)), ("log_softmax", native.log_softmax(x, 1))]:
         assert torch.isnan(out[:3]).all(), f"{name}: nan, +inf and fully masked rows must come out nan"
         assert not torch.isnan(out[3:]).any(), f"{name}: nan leaked into other rows"
     y = native.softmax(x, 1)
     assert (y[3, ::2] == 0).all(), "masked entries must be exact zeros"
-    _assert_within("softmax ordinary rows", y[3:], ref[3:], _prob_tol(ref[3:]))
+    ud, sub = _half(dtype) if dtype in HALF else (0.0, 0.0)  # one rounding to a half dtype on top
+    _assert_within("softmax ordinary rows", y[3:], ref[3:], ud * ref[3:] + _prob_tol(ref[3:]) + sub)
     assert torch.isneginf(native.log_softmax(x, 1)[3, ::2]).all()
     # cross-entropy and its gradient: nan exactly in the poisoned rows, exact zeros at masked entries
     t = torch.ones(rows, dtype=torch.int64)
@@ -307,7 +309,7 @@ def test_every_other_isa_path_keeps_the_contract(path: str) -> None:
     native.select_isa(path)
     try:
         lines = check_variants([softmax_impls.get("native")], CPU, STABILITY_PRESETS["check"],
-                               ["float32", "bfloat16", "float16"], progress=False)["native"]
+                               ["float64", "float32", "bfloat16", "float16"], progress=False)["native"]
     finally:
         native.select_isa(None)
     assert lines and all(ln.ok for ln in lines), "\n" + format_check(lines)
@@ -394,14 +396,67 @@ def test_other_dtypes(dtype: torch.dtype, isa: str) -> None:
     t = torch.randint(0, 30, (40,), generator=torch.Generator().manual_seed(9))
     y, ls, loss = native.softmax(x, 1), native.log_softmax(x, 1), native.cross_entropy(x, t)
     assert y.dtype == ls.dtype == loss.dtype == dtype
-    # half inputs run in float32 and are rounded once at the end; float64 is torch's own fused kernels
+    # half inputs run in float32 and are rounded once at the end: at most one ulp from the rounded truth;
+    # float64 runs in float64, a few ulp from torch's
     want = torch.softmax(x.double(), 1).to(dtype)
-    tol = dict(rtol=0, atol=0) if dtype == torch.float64 else dict(rtol=torch.finfo(dtype).eps, atol=1e-7)
+    eps = torch.finfo(dtype).eps
+    tol = dict(rtol=16 * eps, atol=0) if dtype == torch.float64 else dict(rtol=eps, atol=1e-7)
     torch.testing.assert_close(y, want, **tol)
     torch.testing.assert_close(loss, F.cross_entropy(x.double(), t, reduction="none").to(dtype), **tol)
     leaf = x.clone().requires_grad_()
     native.cross_entropy(leaf, t).sum().backward()
     assert leaf.grad.dtype == dtype and torch.isfinite(leaf.grad).all()
+
+
+U64 = 2.0**-53  # float64 unit roundoff
+
+
+@pytest.mark.parametrize("n,c", [(1823, 781), (60000, 10), (5, 131072), (37, 3)], ids=str)
+def test_float64_matches_a_float64_reference(n: int, c: int, isa: str) -> None:
+    # torch's float64 kernels as the reference: both are a few u of float64 off the truth, far inside the
+    # contract's 64 u (with the (1 + |ln p|) scaling of the exp of x - max)
+    t64 = 64 * U64
+    x = torch.randn((n, c), generator=torch.Generator().manual_seed(16), dtype=torch.float64) * 3
+    p = torch.softmax(x, 1)
+    ptol = t64 * p * (1 + p.clamp_min(1e-300).log().abs()) + 1e-300
+    _assert_within("softmax", native.softmax(x, 1), p, ptol)
+    ls = torch.log_softmax(x, 1)
+    _assert_within("log_softmax", native.log_softmax(x, 1), ls, t64 * ls.abs().clamp_min(1.0))
+    t = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(17))
+    leaf, ref_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.rand(n, generator=torch.Generator().manual_seed(18), dtype=torch.float64) + 0.5
+    loss, ref = native.cross_entropy(leaf, t), F.cross_entropy(ref_leaf, t, reduction="none")
+    (loss * w).sum().backward()
+    (ref * w).sum().backward()
+    _assert_within("loss", loss, ref.detach(), t64 * ref.detach().abs().clamp_min(1.0))
+    _assert_within("dlogits", leaf.grad, ref_leaf.grad, w[:, None] * (ptol + t64 * F.one_hot(t, c)))
+    dy = torch.randn((n, c), generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    leaf, ref_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    native.softmax(leaf, 1).backward(dy)
+    torch.softmax(ref_leaf, 1).backward(dy)
+    row = (dy.abs() * p).sum(1, keepdim=True)
+    _assert_within("softmax dx", leaf.grad, ref_leaf.grad, 4 * (ptol * (dy.abs() + row) + t64 * p * row) + 1e-300)
+
+
+def test_float64_exp_within_one_ulp_of_libm(isa: str) -> None:
+    lib = native.library()
+    x = torch.linspace(-800.0, 720.0, 1_000_003, dtype=torch.float64)  # subnormal results below -708.4
+    got = torch.empty_like(x)
+    lib.native_exp64(x.data_ptr(), got.data_ptr(), x.numel(), 1)
+    ref = torch.exp(x)  # glibc's exp: correctly rounded in practice
+    assert torch.equal(ref == 0, got == 0) and torch.equal(ref.isinf(), got.isinf())
+    spacing = (torch.nextafter(ref, torch.tensor(math.inf, dtype=torch.float64)) - ref).clamp_min(2.0**-1074)
+    ok = torch.isfinite(ref)
+    err = float(((got - ref).abs() / spacing)[ok].max())
+    assert err <= 1.0, f"float64 exp: {err:.3f} ulp"
+    xn = x[x <= 0]  # the hot path gives the same bits where it applies
+    fast = torch.empty_like(xn)
+    lib.native_exp64(xn.data_ptr(), fast.data_ptr(), xn.numel(), 0)
+    assert torch.equal(fast, got[x <= 0])
+    special = torch.tensor([-math.inf, math.nan, 0.0, math.inf], dtype=torch.float64)
+    out = torch.empty_like(special)
+    lib.native_exp64(special.data_ptr(), out.data_ptr(), 4, 1)
+    assert out[0] == 0 and out[1].isnan() and out[2] == 1 and out[3] == math.inf
 
 
 def test_non_contiguous_and_other_dims() -> None:
