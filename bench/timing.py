@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.presets import TimerBudget
 
@@ -322,12 +323,41 @@ def _sampled_peak(fn: Callable[[], object], min_s: float) -> int:
     return max(0, peak[0] - base)
 
 
+class _OpPeak(TorchDispatchMode):
+    """Reads malloc's bytes-in-use after every aten op the call dispatches and keeps the maximum: exact for
+    eager code. torch.compile'd code refuses to run under such a mode (dynamo raises), and a kernel that
+    allocates below the dispatcher would be missed: those are watched from outside (:func:`_sampled_peak`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = _malloc_in_use()
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, _malloc_in_use() - self.base)
+        return out
+
+
+def _op_peak(fn: Callable[[], object]) -> int:
+    """The smaller peak of two passes under :class:`_OpPeak` (the first also counts the few KB of Python
+    objects the mode creates once per op)."""
+    peaks = []
+    for _ in range(2):
+        with _OpPeak() as tracker:
+            out = fn()
+        del out
+        peaks.append(tracker.peak)
+    return min(peaks)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0.05) -> int:
     """Bytes the call allocates beyond what existed before it (its inputs), at its peak.
 
-    CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, sampled from a second
-    thread while the call runs (repeated for `min_s`, so a short-lived temporary is caught): outputs, saved
-    intermediates and kernel scratch all count. Call it outside the timed region.
+    CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, read after every aten op
+    (exact for eager code), and sampled from a second thread while the call repeats for `min_s` (which sees
+    compiled kernels' buffers too, but can miss a very short-lived temporary); the larger of the two. Either
+    way the variant needs no hook. Call it outside the timed region.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -340,7 +370,13 @@ def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0
     reason = cpu_memory_unsupported()
     if reason:
         raise RuntimeError(reason)
-    return _sampled_peak(fn, min_s)
+    # Both are lower bounds of the true peak: the op observer misses what compiled kernels allocate below the
+    # dispatcher, the watcher can miss a short-lived temporary; the larger is the better one.
+    try:
+        by_ops = _op_peak(fn)
+    except Exception:  # noqa: BLE001 - dynamo may refuse to trace under a dispatch mode: the watcher alone
+        by_ops = 0
+    return max(by_ops, _sampled_peak(fn, min_s))
 
 
 def keep_freed_memory() -> str:
