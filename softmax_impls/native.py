@@ -38,12 +38,13 @@ not DRAM):
                    prefetched one block ahead into L2), e = exp(x - m_block) of this block into a per-thread
                    float32 scratch row with its sum (from cache), and y = e * e^(m_block - M) / S for the same
                    block of the previous row, read from scratch just before it is overwritten. DRAM: read x,
-                   write y (streamed past the cache when y >= 8 MiB: no read-for-ownership), both at once,
+                   write y (streamed past the cache when y >= 16 MiB: no read-for-ownership), both at once,
                    like a copy: 2MNe.
   log_softmax fwd  max (DRAM); s' = sum exp(x - shift) (from cache); y = (x - shift) - log1p(s'): 2MNe.
   softmax bwd      dot = sum(dy * y); dx = y * (dy - dot) (y, dy again from cache): 3MNe.
-  ce fwd           max (DRAM); s' (from cache); loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s')
-                   [M] each, float32, for the backward: MNe + 8M (targets) + M(e + 8).
+  ce fwd           max (DRAM); s' (from cache, the next row prefetched meanwhile); loss = (shift - x[t]) +
+                   log1p(s'); saves shift and log1p(s') [M] each (float32; float64 for float64 rows) for the
+                   backward: MNe + 8M (targets) + M(e + 8).
   ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: 2MNe + M(16 + e).
 Rows of at most 16 elements (8 on the avx2 path; the chapter's 65536x10) run 16 (8) rows at a time, one
 row per lane (see the C file), so the exp is vectorised across rows instead of running a 10-element loop

@@ -1,6 +1,6 @@
 /* Hand-written softmax, log-softmax and cross-entropy kernels (forward and backward) for x86-64 CPUs, on
- * float32, bfloat16 and float16 rows, loaded by softmax_impls/native.py through ctypes. Plain C and
- * intrinsics only (no torch headers), so it compiles in a second or two.
+ * float64, float32, bfloat16 and float16 rows, loaded by softmax_impls/native.py through ctypes. Plain C and
+ * intrinsics only (no torch headers), so it compiles in a few seconds.
  *
  * ISA paths. The same source is compiled once per path; native.py picks the path at run time from the
  * CPU's flags (or $SOFTMAX_BENCH_NATIVE_ISA) and builds only that one:
@@ -9,14 +9,17 @@
  *     avx2     cc -O3 -march=native -mno-avx512f ...  AVX2 + FMA + F16C (Haswell, Zen 1 and later)
  *
  * Everything below the "ISA layer" section is written once against a small set of vector primitives
- * (vf = W float lanes, vm = a lane mask, vi = W int32 lanes); the layer maps them to 16-lane __m512 or
- * 8-lane __m256. Masks are __mmask16 on AVX-512 and all-ones lanes of a __m256 on AVX2.
+ * (vf = W float lanes, vm = a lane mask, vi = W int32 lanes; vd, dm, vl the same for DW double lanes); the
+ * layer maps them to __m512 / __m512d (W = 16, DW = 8) or __m256 / __m256d (W = 8, DW = 4). Masks are
+ * __mmask16/8 on AVX-512 and all-ones lanes of a vector on AVX2.
  *
- * Element types. Every kernel reads and writes its rows in the tensor's own dtype (float32, bfloat16,
- * float16) and computes in float32: bfloat16 loads by a 16-bit shift into the high half of a float32 (exact),
+ * Element types. float64 rows have their own, simpler kernel family ("float64" below: one row at a time,
+ * computed in float64). The others are read and written in the tensor's own dtype (float32, bfloat16,
+ * float16) and computed in float32: bfloat16 loads by a 16-bit shift into the high half of a float32 (exact),
  * float16 by vcvtph2ps (F16C / AVX-512F, exact); results are rounded back once with round-to-nearest-even
- * (vcvtps2ph for float16; integer rounding for bfloat16, because AVX512-BF16's vcvtneps2bf16 flushes
- * subnormal results to zero). A kernel body takes its dtype as a compile-time constant: the three
+ * (vcvtps2ph for float16; for bfloat16 AVX512-BF16's vcvtneps2bf16 where the CPU has it, else integer
+ * rounding, which also takes the rare vector holding a subnormal: vcvtneps2bf16 flushes those to zero,
+ * torch does not). A kernel body takes its dtype as a compile-time constant: the three
  * instantiations (run_units_f32, _bf16, _f16) are flattened copies of one body, so the dtype costs no branch.
  *
  * Every kernel takes row-major contiguous [m, n] buffers and a thread count. Threads are OpenMP threads of
@@ -68,7 +71,13 @@
 #define PAR_MIN_WORK 32768  /* fewer elements than this run on the calling thread: a fork costs ~ 5 us */
 #endif
 #ifndef STREAM_MIN_BYTES
-#define STREAM_MIN_BYTES (16u << 20) /* outputs this large bypass the cache (no read-for-ownership) */
+/* Outputs this large bypass the cache (no read-for-ownership). Smaller ones are usually read again soon from
+   L3 (32 MiB here): streaming the 8 MiB y of a 1024x4096 bfloat16 softmax made its backward read y from DRAM,
+   and the fwd+bwd step 1.6x slower. */
+#define STREAM_MIN_BYTES (16u << 20)
+#endif
+#ifndef STREAM_COPY_MIN_BYTES
+#define STREAM_COPY_MIN_BYTES (8u << 20)  /* native_stream_copy: below, memcpy (a copy served from cache) */
 #endif
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1  /* into L2; prefetching into L1 (T0) measured 30% slower from DRAM */
@@ -130,6 +139,9 @@ INLINE vi vi_cvt(vf a) { return _mm512_cvtps_epi32(a); }   /* an integral float 
 INLINE vf vf_cvt(vi a) { return _mm512_cvtepi32_ps(a); }
 INLINE vm vi_eq(vi a, vi b) { return _mm512_cmpeq_epi32_mask(a, b); }
 INLINE vi vi_load(const int32_t *p) { return _mm512_loadu_si512(p); }
+INLINE vi vi_loadu(const void *p) { return _mm512_loadu_si512(p); }  /* W * 4 bytes, any alignment */
+INLINE void vi_storeu(void *p, vi v) { _mm512_storeu_si512(p, v); }
+INLINE void vi_stream(void *p, vi v) { _mm512_stream_si512((__m512i *)p, v); }
 INLINE vf vperm(vf v, vi idx) { return _mm512_permutexvar_ps(idx, v); }  /* lane l = v[idx[l]] */
 /* half <-> float32: vh holds W 16-bit values */
 INLINE vh vh_load(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
@@ -273,6 +285,9 @@ INLINE vi vi_cvt(vf a) { return _mm256_cvtps_epi32(a); }
 INLINE vf vf_cvt(vi a) { return _mm256_cvtepi32_ps(a); }
 INLINE vm vi_eq(vi a, vi b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
 INLINE vi vi_load(const int32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE vi vi_loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE void vi_storeu(void *p, vi v) { _mm256_storeu_si256((__m256i *)p, v); }
+INLINE void vi_stream(void *p, vi v) { _mm256_stream_si256((__m256i *)p, v); }
 INLINE vf vperm(vf v, vi idx) { return _mm256_permutevar8x32_ps(v, idx); }
 INLINE vh vh_load(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 INLINE void vh_store(void *p, vh h) { _mm_storeu_si128((__m128i *)p, h); }
@@ -413,6 +428,51 @@ INLINE void st(void *p, int64_t i, vf v, int dt, int stream) {
     }
 }
 
+/* Pairs: 2W elements from element i as two float32 vectors a, b, in an order fixed by the dtype alone.
+   float32 and float16: a = elements i .. i+W-1, b = the next W. bfloat16: a = the even elements, b = the
+   odd ones: one W * 4-byte load split by a shift (the even bf16 into the high halves) and a mask (the odd
+   ones already are), where a per-vector load would widen with a lane-crossing shuffle (vpmovzxwd), which
+   costs more issue slots than the rest of the conversion (measured: softmax +17%, its backward +33%).
+   Reductions (max, sums, dots of two pair-loaded rows) do not care about the order; outputs go through
+   st2, which restores it; the softmax scratch row keeps it (written and read by pairs). */
+INLINE void ld2(const void *p, int64_t i, int dt, vf *a, vf *b) {
+    if (dt == BF16) {
+        vi v = vi_loadu((const uint16_t *)p + i);
+        *a = vf_of(vi_sll(v, 16));
+        *b = vf_of(vi_and(v, vi_set((int32_t)0xffff0000u)));
+    } else {
+        *a = ld(p, i, dt);
+        *b = ld(p, i + W, dt);
+    }
+}
+
+#if defined(__AVX512BF16__) && W == 16
+/* word k of the result: k even -> word k/2 (the even elements, low half of vcvtne2ps2bf16's result),
+   k odd -> word 16 + k/2 (the odd ones, high half) */
+static const uint16_t BF16_INTERLEAVE[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                             8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+#endif
+
+/* bfloat16 bits of the pair (a even, b odd) as W lanes of (odd << 16) | even: the 2W values in order. */
+INLINE vi bf16_pair_bits(vf a, vf b) {
+#if defined(__AVX512BF16__) && W == 16
+    if (__builtin_expect((_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) == 0, 1))
+        return _mm512_permutexvar_epi16(_mm512_loadu_si512(BF16_INTERLEAVE), (vi)_mm512_cvtne2ps_pbh(b, a));
+#endif
+    return vi_or(bf16_bits(a), vi_sll(bf16_bits(b), 16));
+}
+
+/* Stores a pair loaded (or computed lane by lane from pairs loaded) by ld2; `stream` as st. */
+INLINE void st2(void *p, int64_t i, vf a, vf b, int dt, int stream) {
+    if (dt == BF16) {
+        vi v = bf16_pair_bits(a, b);
+        if (stream) vi_stream((uint16_t *)p + i, v); else vi_storeu((uint16_t *)p + i, v);
+    } else {
+        st(p, i, a, dt, stream);
+        st(p, i + W, b, dt, stream);
+    }
+}
+
 INLINE void st_tail(void *p, int64_t i, int64_t left, vf v, int dt) {
     if (dt == F32) {
         vstore_mask((float *)p + i, tail_mask(left), v);
@@ -447,9 +507,10 @@ INLINE void st1(void *p, int64_t i, float v, int dt) {
 
 INLINE void pf(const void *p, int64_t i, int dt) { prefetch((const char *)p + i * ESIZE(dt)); }
 
-/* Whether stores from element i of p on may stream: the vector's bytes are aligned to its size. */
+/* Whether stores from element i of p on may stream: aligned to W * 4 bytes, the size of a float32 vector
+   and of a pair of half-precision vectors (st2), so every vector or pair stored from there on is aligned. */
 INLINE int vec_aligned(const void *p, int64_t i, int dt) {
-    return (((uintptr_t)p + (uintptr_t)(i * ESIZE(dt))) & (uintptr_t)(W * ESIZE(dt) - 1)) == 0;
+    return (((uintptr_t)p + (uintptr_t)(i * ESIZE(dt))) & (uintptr_t)(W * 4 - 1)) == 0;
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -572,10 +633,13 @@ INLINE float row_max(const void *x, int64_t len, int64_t pf_at, int dt) {
     int64_t i = 0;
     for (; i + 4 * W <= len; i += 4 * W) {
         for (int k = 0; k < 4 * W * ESIZE(dt); k += 64) prefetch((const char *)x + (i + pf_at) * ESIZE(dt) + k);
-        a0 = vmax(a0, ld(x, i, dt));
-        a1 = vmax(a1, ld(x, i + W, dt));
-        a2 = vmax(a2, ld(x, i + 2 * W, dt));
-        a3 = vmax(a3, ld(x, i + 3 * W, dt));
+        vf p0, p1, p2, p3;
+        ld2(x, i, dt, &p0, &p1);
+        ld2(x, i + 2 * W, dt, &p2, &p3);
+        a0 = vmax(a0, p0);
+        a1 = vmax(a1, p1);
+        a2 = vmax(a2, p2);
+        a3 = vmax(a3, p3);
     }
     for (; i + W <= len; i += W) a0 = vmax(a0, ld(x, i, dt));
     if (i < len) a0 = vmax(a0, ld_tail(x, i, len - i, -INFINITY, dt));
@@ -592,7 +656,8 @@ INLINE vf block_rest(const void *x, int64_t len, vf mv, vf shift, int64_t *ties,
     int64_t i = 0, t = 0;
     for (; i + 2 * W <= len; i += 2 * W) {
         for (int k = 0; k < 2 * W * ESIZE(dt); k += 64) prefetch((const char *)x + (i + pf_at) * ESIZE(dt) + k);
-        vf x0 = ld(x, i, dt), x1 = ld(x, i + W, dt);
+        vf x0, x1;
+        ld2(x, i, dt, &x0, &x1);
         vm k0 = vcmp(x0, mv, _CMP_NEQ_UQ), k1 = vcmp(x1, mv, _CMP_NEQ_UQ);
         vf e0 = exact ? vexp(vsub(x0, shift)) : vexp_fast(vsub(x0, shift), slow, dt);
         vf e1 = exact ? vexp(vsub(x1, shift)) : vexp_fast(vsub(x1, shift), slow, dt);
@@ -611,7 +676,10 @@ INLINE vf block_rest(const void *x, int64_t len, vf mv, vf shift, int64_t *ties,
     return vadd(s0, s1);
 }
 
-/* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1). */
+/* s' of a row: sum of exp(x - shift) over every element but the copies of the max m, plus (copies - 1).
+   pf_at: how far ahead to prefetch; callers pass n, the next row (rows are contiguous), so that the next
+   row's first pass (its max, DRAM) overlaps this row's exps instead of following them: CE forward at
+   4096x32000 float32 ran 34% faster than with a one-block distance. */
 INLINE float row_rest(const void *x, int64_t len, float m, int64_t pf_at, int dt) {
     vf mv = vset(m), shift = shift_of(mv);
     vf total = vzero();
@@ -650,11 +718,13 @@ static float *scratch(int64_t len) {
     return scratch_buf;
 }
 
-/* y[0:len) = src[0:len) * f (src float32 scratch, y of dtype dt). */
+/* y[0:len) = src[0:len) * f (src float32 scratch in the pair order of ld2 for whole pairs, as sweep wrote
+   it; y of dtype dt). */
 INLINE void scale_store(const float *src, void *y, int64_t len, float f, int stream, int dt) {
     vf fv = vset(f);
     int64_t i = 0;
     int st_ok = stream && vec_aligned(y, 0, dt);
+    for (; i + 2 * W <= len; i += 2 * W) st2(y, i, vmul(vload(src + i), fv), vmul(vload(src + i + W), fv), dt, st_ok);
     for (; i + W <= len; i += W) st(y, i, vmul(vload(src + i), fv), dt, st_ok);
     if (i < len) st_tail(y, i, len - i, vmul(vload_mask(tail_mask(len - i), src + i, 0.0f), fv), dt);
 }
@@ -672,31 +742,34 @@ INLINE void sweep(const void *xa, int64_t la, float *m_a, const void *xb, float 
     int stc = stream && yc && vec_aligned(yc, 0, dt);
     int64_t both = xa ? (la < lb ? la : lb) : 0, i = 0;
     vm slow = vcmp(shift, shift, _CMP_FALSE_OQ);
-#define STAGE_A(k) a##k = vmax(a##k, ld(xa, i + (k) * W, dt));
-#define STAGE_B(k, acc)                                                 \
-    {                                                                   \
-        vf e_ = vexp_fast(vsub(ld(xb, i + (k), dt), shift), &slow, dt); \
-        vstore(eb + i + (k), e_);                                       \
-        acc = vadd(acc, e_);                                            \
+    /* Stage B writes e, and stage C (a row later) reads it, in ld2's pair order for the block's whole pairs
+       and linearly for what is left: a layout that depends on lb alone, whichever loop below handles it. */
+#define STAGE_BC(at, exp_)                                                                             \
+    {                                                                                                  \
+        if (ec) /* before B: ec may be eb, the previous row's e read just before it is overwritten */  \
+            st2(yc, at, vmul(vload(ec + (at)), fv), vmul(vload(ec + (at) + W), fv), dt, stc);          \
+        vf b0, b1;                                                                                     \
+        ld2(xb, at, dt, &b0, &b1);                                                                     \
+        vf e0 = exp_(vsub(b0, shift)), e1 = exp_(vsub(b1, shift));                                     \
+        vstore(eb + (at), e0);                                                                         \
+        vstore(eb + (at) + W, e1);                                                                     \
+        s0 = vadd(s0, e0);                                                                             \
+        s1 = vadd(s1, e1);                                                                             \
     }
-#define STAGE_C(k) st(yc, i + (k), vmul(vload(ec + i + (k)), fv), dt, stc);
+#define EXP_FAST(v) vexp_fast((v), &slow, dt)
+#define EXP_NONPOS(v) vexp_nonpos((v), dt)
     for (; i + 2 * W <= both; i += 2 * W) {
         for (int k = 0; k < 2 * W * ESIZE(dt); k += 64) prefetch((const char *)xa + (i + PF_DIST) * ESIZE(dt) + k);
-        STAGE_A(0)
-        STAGE_A(1)
-        if (ec) {
-            STAGE_C(0)  /* before B: ec may be eb, the previous row's e read just before it is overwritten */
-            STAGE_C(W)
-        }
-        STAGE_B(0, s0)
-        STAGE_B(W, s1)
+        vf p0, p1;
+        ld2(xa, i, dt, &p0, &p1);
+        a0 = vmax(a0, p0);
+        a1 = vmax(a1, p1);
+        STAGE_BC(i, EXP_FAST)
     }
-#undef STAGE_A
-#undef STAGE_B
-#undef STAGE_C
     /* what is left of each stage (the chunks differ in length at a row's end, or A is absent) */
     for (int64_t k = i; k < la && xa; k += W)
         a0 = vmax(a0, la - k >= W ? ld(xa, k, dt) : ld_tail(xa, k, la - k, -INFINITY, dt));
+    for (; i + 2 * W <= lb; i += 2 * W) STAGE_BC(i, EXP_NONPOS)  /* B and C's whole pairs left */
     for (int64_t k = i; k < lb; k += W) {
         int64_t left = lb - k;
         vm msk = tail_mask(left);
@@ -714,7 +787,9 @@ INLINE void sweep(const void *xa, int64_t la, float *m_a, const void *xb, float 
     if (xa) *m_a = vmaxr(vmax(a0, a1));
     if (__builtin_expect(m_any(slow), 0)) {  /* a masked entry, a far tail or a nan: redo stage B exactly */
         s0 = s1 = vzero();
-        for (int64_t k = 0; k < lb; k += W) {
+        ec = NULL;  /* stage B alone, in the same layout */
+        for (i = 0; i + 2 * W <= lb; i += 2 * W) STAGE_BC(i, vexp)
+        for (int64_t k = i; k < lb; k += W) {
             int64_t left = lb - k;
             vm msk = tail_mask(left);
             vf xv = left >= W ? ld(xb, k, dt) : ld_tail(xb, k, left, -INFINITY, dt);
@@ -723,6 +798,9 @@ INLINE void sweep(const void *xa, int64_t la, float *m_a, const void *xb, float 
             if ((k / W) & 1) s1 = vadd(s1, e); else s0 = vadd(s0, e);
         }
     }
+#undef STAGE_BC
+#undef EXP_FAST
+#undef EXP_NONPOS
     *s_b = vsum(vadd(s0, s1));
 }
 
@@ -789,10 +867,15 @@ INLINE int softmax_rows(const void *x, void *y, int64_t n, int64_t r0, int64_t r
 /* log-softmax of one row: y = (x - shift) - log1p(s'). */
 INLINE void log_softmax_row(const void *x, void *y, int64_t n, int stream, int dt) {
     float m = row_max(x, n, CHUNK, dt);
-    float l = slog1p(row_rest(x, n, m, CHUNK, dt));
+    float l = slog1p(row_rest(x, n, m, n, dt));
     vf shift = shift_of(vset(m)), lv = vset(l);
     int s = stream && vec_aligned(y, 0, dt);
     int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+        vf a, b;
+        ld2(x, i, dt, &a, &b);
+        st2(y, i, vsub(vsub(a, shift), lv), vsub(vsub(b, shift), lv), dt, s);
+    }
     for (; i + W <= n; i += W) st(y, i, vsub(vsub(ld(x, i, dt), shift), lv), dt, s);
     if (i < n) st_tail(y, i, n - i, vsub(vsub(ld_tail(x, i, n - i, 0.0f, dt), shift), lv), dt);
 }
@@ -806,11 +889,14 @@ INLINE float row_dot(const void *a, const void *b, int64_t n, int dt) {
         int64_t i = blk;
         for (; i + 2 * W <= end; i += 2 * W) {
             pf(a, i + CHUNK, dt);
-            vf a0 = ld(a, i, dt), a1 = ld(a, i + W, dt);
-            if (b) {
+            vf a0, a1;
+            ld2(a, i, dt, &a0, &a1);
+            if (b) {  /* both rows pair-loaded: the same order, so the products pair up */
+                vf b0, b1;
                 pf(b, i + CHUNK, dt);
-                s0 = vfma(a0, ld(b, i, dt), s0);
-                s1 = vfma(a1, ld(b, i + W, dt), s1);
+                ld2(b, i, dt, &b0, &b1);
+                s0 = vfma(a0, b0, s0);
+                s1 = vfma(a1, b1, s1);
             } else {
                 s0 = vadd(s0, a0);
                 s1 = vadd(s1, a1);
@@ -837,6 +923,15 @@ INLINE void softmax_bwd_row(const void *y, const void *dy, void *dx, int64_t n, 
     vf dv = vset(d);
     int s = stream && vec_aligned(dx, 0, dt);
     int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+        vf y0, y1, g0, g1;
+        ld2(y, i, dt, &y0, &y1);
+        ld2(dy, i, dt, &g0, &g1);
+        if (log)
+            st2(dx, i, vfnma(vexp(y0), dv, g0), vfnma(vexp(y1), dv, g1), dt, s);
+        else
+            st2(dx, i, vmul(y0, vsub(g0, dv)), vmul(y1, vsub(g1, dv)), dt, s);
+    }
     for (; i + W <= n; i += W) {
         vf yv = ld(y, i, dt), g = ld(dy, i, dt);
         st(dx, i, log ? vfnma(vexp(yv), dv, g) : vmul(yv, vsub(g, dv)), dt, s);
@@ -850,7 +945,7 @@ INLINE void softmax_bwd_row(const void *y, const void *dy, void *dx, int64_t n, 
 /* cross-entropy forward of one row: loss = (shift - x[t]) + log1p(s'); saves shift and log1p(s'). */
 INLINE int ce_fwd_row(const void *x, int64_t t, int64_t n, float *loss, float *shift, float *lse_tail, int dt) {
     float m = row_max(x, n, CHUNK, dt);
-    float l = slog1p(row_rest(x, n, m, CHUNK, dt));
+    float l = slog1p(row_rest(x, n, m, n, dt));
     float sh = first(shift_of(vset(m)));
     int bad = t < 0 || t >= n;
     *loss = bad ? NAN : (sh - ld1(x, t, dt)) + l;
@@ -865,8 +960,14 @@ INLINE void ce_bwd_row(const void *x, int64_t t, int64_t n, float sh, float l, f
     int s = stream && vec_aligned(dx, 0, dt);
     int64_t i = 0;
     vm slow = vcmp(gv, gv, _CMP_FALSE_OQ);
-    for (; i + W <= n; i += W) {
+    for (; i + 2 * W <= n; i += 2 * W) {
+        vf a, b;
         pf(x, i + CHUNK, dt);
+        ld2(x, i, dt, &a, &b);
+        vf pa = vexp_fast(vsub(vsub(a, shv), lv), &slow, dt), pb = vexp_fast(vsub(vsub(b, shv), lv), &slow, dt);
+        st2(dx, i, vmul(pa, gv), vmul(pb, gv), dt, s);
+    }
+    for (; i + W <= n; i += W) {
         vf p = vexp_fast(vsub(vsub(ld(x, i, dt), shv), lv), &slow, dt);
         st(dx, i, vmul(p, gv), dt, s);
     }
@@ -1526,7 +1627,7 @@ void native_convert(const void *src, void *dst, int64_t len, int from, int to) {
    vector loads and non-temporal stores (no read-for-ownership of dst), split over `threads`. Not a kernel
    of the variant: the throughput harness's second roofline (bench/throughput.py), since PyTorch's copy_
    reads every destination line before writing it and so moves 1.5x the bytes it counts. Below
-   STREAM_MIN_BYTES it is memcpy: a small copy is served from cache, where streaming would be slower. */
+   STREAM_COPY_MIN_BYTES it is memcpy: a small copy is served from cache, where streaming would be slower. */
 static void stream_part(const char *s, char *d, int64_t n) {
     int64_t head = (int64_t)((64 - ((uintptr_t)d & 63)) & 63);
     if (head > n) head = n;
@@ -1541,7 +1642,7 @@ static void stream_part(const char *s, char *d, int64_t n) {
 void native_stream_copy(const void *src, void *dst, int64_t bytes, int threads) {
     const char *s = (const char *)src;
     char *d = (char *)dst;
-    if (bytes < (int64_t)STREAM_MIN_BYTES) {
+    if (bytes < (int64_t)STREAM_COPY_MIN_BYTES) {
         memcpy(d, s, (size_t)bytes);
         return;
     }

@@ -37,9 +37,10 @@ T = 64 * U  # the contract's tolerance
 ISAS = native.supported_isas()
 HALF = [torch.bfloat16, torch.float16]
 # (shape, dim): wide rows, the chapter's narrow rows, a few very wide rows, the longest narrow rows with a
-# ragged tail of rows (37 = 2 blocks of 16 + 5), the shortest wide rows, a 3-D tensor on dim 0, one column
+# ragged tail of rows (37 = 2 blocks of 16 + 5), the shortest wide rows, a 3-D tensor on dim 0, one column,
+# rows of one 4096-block and a short one (the softmax pipeline's stages then see blocks of different lengths)
 SHAPES = [((1823, 781), 1), ((65536, 10), -1), ((3, 131072), -1), ((37, 16), -1), ((37, 17), -1),
-          ((5, 4, 6), 0), ((20, 1), -1)]
+          ((5, 4, 6), 0), ((20, 1), -1), ((9, 4196), -1)]
 
 
 @pytest.fixture(params=ISAS)
@@ -163,7 +164,7 @@ def _half(dtype: torch.dtype) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
-@pytest.mark.parametrize("n,c", [(1823, 781), (37, 10), (5, 131072), (40, 16), (19, 33)], ids=str)
+@pytest.mark.parametrize("n,c", [(1823, 781), (37, 10), (5, 131072), (40, 16), (19, 33), (9, 4196)], ids=str)
 def test_half_precision_matches_float64(dtype: torch.dtype, n: int, c: int, isa: str) -> None:
     # the float64 reference on the same dtype-rounded inputs; the kernel may be off by its float32
     # computation (64 u of float32, scaled as the contract scales) plus one rounding to the dtype
