@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.throughput import OPS
+from bench.studies.throughput.ops import OPS
 
 CPU = torch.device("cpu")
 SHAPES = [(256, 10), (1024, 4096)]  # the chapter's minibatch; a 16 MB block that leaves the L2

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import softmax_impls
-from bench.results import Run, StabilityRow, ThresholdRow, ThroughputRow
+from bench.store.rows import StabilityRow, ThresholdRow, ThroughputRow
+from bench.store.run import Run
 
 SHAPES = ((256, 10), (1024, 1024))
 DTYPES_ST = (torch.float32, torch.float16)
@@ -166,7 +167,7 @@ def threshold_rows(vs: list[softmax_impls.Variant]) -> list[ThresholdRow]:
 
 def small_dataset():
     """Real Fashion-MNIST, the first 6000 training images (the whole test set stays): a 1-epoch run in ~1 s."""
-    from bench import data
+    from bench.studies.training import data
 
     ds = data.load()
     return dataclasses.replace(ds, train_images=ds.train_images[:6000], train_labels=ds.train_labels[:6000])
@@ -182,7 +183,7 @@ def make_run(root: Path, vs: list[softmax_impls.Variant], *, train: bool = True,
         run.append(*stability_rows(vs))
         run.append(*threshold_rows(vs))
     if "training" in parts and train:
-        from bench.training import train_into
+        from bench.studies.training.sweep import train_into
 
         train_into(run, vs, ["standard", "raw-pixels"], torch.device("cpu"), seed=0, epochs=epochs,
                    dataset=dataset)

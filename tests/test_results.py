@@ -12,7 +12,8 @@ import math
 import pytest
 
 from bench import UserError
-from bench.results import SCHEMA_VERSION, Run, StabilityRow, ThroughputRow, columns, key_of
+from bench.store.rows import SCHEMA_VERSION, StabilityRow, ThroughputRow, columns, key_of
+from bench.store.run import Run
 
 KEY = ("variant", "device", "dtype", "op", "rows", "cols", "metric")
 

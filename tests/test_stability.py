@@ -11,11 +11,11 @@ import torch
 
 import softmax_impls
 from bench.cli import main
-from bench.families import FAMILIES, limits, round_to
-from bench.presets import StabilityPreset
-from bench.reference import reference
-from bench.results import Run
-from bench.stability import (
+from bench.store.run import Run
+from bench.studies.stability.families import FAMILIES, limits, round_to
+from bench.studies.stability.presets import StabilityPreset
+from bench.studies.stability.reference import reference
+from bench.studies.stability.sweep import (
     PROBES,
     _bits,
     _value,
@@ -238,7 +238,7 @@ def test_cli_check_passes_for_torch_in_float32(capsys) -> None:
 def test_accurate_is_strictly_more_accurate_than_torch_where_torch_loses_digits(tmp_path) -> None:
     # issue 6: on the confident-correct and far-target families the stability rows show accurate's loss
     # error strictly below torch's (torch rounds a tiny loss to 0: an error of the whole loss)
-    from bench.stability import stability_into
+    from bench.studies.stability.sweep import stability_into
 
     run = Run.create(tmp_path)
     preset = StabilityPreset("t", "test", lengths=(10, 1000), long_lengths=(10,), rows=4,

@@ -19,28 +19,15 @@ import torch
 
 import softmax_impls
 from bench.cli import main
-from bench.presets import (
-    THROUGHPUT_OPS,
-    THROUGHPUT_PRESETS,
-    RepeatCheck,
-    SweepBlock,
-    ThroughputPreset,
-    TimerBudget,
-)
-from bench.results import Run
-from bench.throughput import (
-    BYTE_FORMULAS,
-    METRICS,
-    OPS,
-    ROW_KEY,
-    UNIT_KEY,
-    busy_cores_of_other_jobs,
-    choose_threads,
-    expected_metrics,
-    plan,
-    summary_table,
-    throughput_into,
-)
+from bench.measure.host import busy_cores_of_other_jobs, choose_threads
+from bench.measure.timer import TimerBudget
+from bench.store.rows import THROUGHPUT_OPS
+from bench.store.run import Run
+from bench.studies.throughput.ops import BYTE_FORMULAS, METRICS, OPS, ROW_KEY, UNIT_KEY, expected_metrics
+from bench.studies.throughput.plan import plan
+from bench.studies.throughput.presets import THROUGHPUT_PRESETS, RepeatCheck, SweepBlock, ThroughputPreset
+from bench.studies.throughput.summary import summary_table
+from bench.studies.throughput.sweep import throughput_into
 from softmax_impls import Variant
 
 CPU = torch.device("cpu")
@@ -293,8 +280,7 @@ def _target_rows(points: list[tuple[str, str, str, int, int, str, float]]) -> pd
 
 
 def test_targets_say_met_not_met_and_not_measured_per_device() -> None:
-    from bench.presets import ThroughputTarget
-    from bench.targets import target_lines
+    from bench.store.targets import ThroughputTarget, target_lines
 
     roof = ThroughputTarget("roof", "cpu", ("softmax_fwd",), ("float32",), "roofline_frac", 0.9,
                             shapes=((4096, 4096), (1024, 131072)))

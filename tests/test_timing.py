@@ -14,11 +14,10 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.presets import TimerBudget
-from bench.timing import (
-    cpu_memory_unsupported,
+from bench.measure.memory import cpu_memory_unsupported, peak_memory
+from bench.measure.timer import (
+    TimerBudget,
     l2_cache_bytes,
-    peak_memory,
     quantile,
     summarize,
     time_cpu,

@@ -15,10 +15,12 @@ import pytest
 import torch
 
 import softmax_impls
-from bench import data, training
 from bench.cli import main as cli_main
-from bench.presets import FASHION_LABELS, NUM_PREDICTIONS, REGIMES
-from bench.results import Run
+from bench.store.rows import FASHION_LABELS
+from bench.store.run import Run
+from bench.studies.training import data
+from bench.studies.training import sweep as training
+from bench.studies.training.presets import NUM_PREDICTIONS, REGIMES
 from softmax_impls import Variant
 
 CPU = torch.device("cpu")
@@ -179,7 +181,7 @@ def test_train_command_user_errors(argv: list[str], words: str, tmp_path: Path,
 
 def test_train_speed_runs_both_pipelines_on_the_same_data(capsys):
     # One epoch of each: the chapter's torchvision/DataLoader pipeline and ours, on the real dataset.
-    from bench import train_speed
+    from bench.tools import train_speed
 
     assert train_speed.main(["--epochs", "1"]) == 0
     out = capsys.readouterr().out

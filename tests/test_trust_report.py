@@ -23,14 +23,18 @@ import pytest
 import torch
 
 import softmax_impls
-from bench import report_figures as F
-from bench import report_tables as T
 from bench.cli import main
-from bench.presets import SweepBlock, ThroughputPreset, ThroughputTarget, TimerBudget
-from bench.report import MANIFEST, previous_report_files, render
-from bench.results import Run, StabilityRow, ThroughputRow, TrainingRow
-from bench.targets import measured, target_lines
-from bench.throughput import summary_table, throughput_into
+from bench.measure.timer import TimerBudget
+from bench.report import bundle as T
+from bench.report import figures as F
+from bench.report.build import MANIFEST, previous_report_files, render
+from bench.store.rows import StabilityRow, ThroughputRow, TrainingRow
+from bench.store.run import Run
+from bench.store.targets import ThroughputTarget, target_lines
+from bench.store.wide import measured
+from bench.studies.throughput.presets import SweepBlock, ThroughputPreset
+from bench.studies.throughput.summary import summary_table
+from bench.studies.throughput.sweep import throughput_into
 
 FAST = TimerBudget(warmup=1, warmup_s=0.01, min_reps=3, budget_s=0.01)
 CPU = torch.device("cpu")
@@ -210,9 +214,9 @@ def _subset_run(kind: str, root: Path, fashion) -> Run:
     if kind == "oom-only":  # 4 TiB inputs: the study refuses them before the OOM killer would
         return _sweep(run, [TORCH], shapes=((1 << 20, 1 << 20),))
     # error-only: a variant that raises everywhere, in all three studies
-    from bench.presets import StabilityPreset
-    from bench.stability import stability_into
-    from bench.training import train_into
+    from bench.studies.stability.presets import StabilityPreset
+    from bench.studies.stability.sweep import stability_into
+    from bench.studies.training.sweep import train_into
 
     boom = dataclasses.replace(TORCH, name="exploding", softmax=_raise("kernel exploded"),
                                cross_entropy=_raise("kernel exploded"), log_softmax=None)

@@ -22,12 +22,15 @@ import torch
 from plugin_fixtures import install_plugin
 
 import softmax_impls
-from bench import UserError, results
+from bench import UserError
 from bench.cli import main as cli_main
-from bench.devices import parse_device
-from bench.harness import select_variants
-from bench.presets import THROUGHPUT_PRESETS, pick
-from bench.results import Run, StabilityRow, ThresholdRow, recover
+from bench.measure.host import parse_device
+from bench.store import rows as results
+from bench.store.recover import recover
+from bench.store.rows import StabilityRow, ThresholdRow
+from bench.store.run import Run
+from bench.studies.common import pick, select_variants
+from bench.studies.throughput.presets import THROUGHPUT_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The smallest real study: one variant, one family, one dtype (about a second on a 2-core CPU).

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.devices import dtype_name, dtype_skip_reason
+from bench.measure.host import dtype_name, dtype_skip_reason
 
 NAMES = softmax_impls.names()
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

@@ -1,11 +1,16 @@
-"""Devices and dtypes: parse what the user asked for, check it is there, sync, and describe the machine."""
+"""The host: devices and dtypes (the one dtype vocabulary: DTYPES, parse_dtype, dtype_name), sync, the
+machine's description for run.json, and torch's CPU thread count (:func:`torch_threads`, the one place it is
+set and restored; :func:`choose_threads` picks it from the cores other jobs leave free)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -55,12 +60,6 @@ def parse_device(spec: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def available_devices() -> list[torch.device]:
-    devs = [torch.device("cpu")]
-    devs += [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return devs
-
-
 def supported_dtypes(device: torch.device) -> list[torch.dtype]:
     """The float dtypes this device computes softmax in (bfloat16 needs sm80+ on CUDA to be worth timing)."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -77,13 +76,6 @@ def dtype_skip_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_label(device: torch.device) -> str:
-    """Human name of the device: the CPU model or the GPU name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
 
 
 def cpu_model() -> str:
@@ -169,3 +161,70 @@ def _nvidia_driver() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """torch's intra-op CPU thread count set to `n` for the body (None: left as it is), then restored;
+    yields the count in force."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def busy_cores_of_other_jobs(window_s: float = 0.5) -> float | None:
+    """How many cores other processes keep busy, measured now from /proc/stat over `window_s`.
+
+    This process sleeps through the window, so only other jobs (and the hypervisor's steal time) count.
+    The load average cannot tell them apart: after `softmax-bench all` trained for two minutes, its own
+    past load made the sweep think another job held a core. None where /proc/stat is unreadable.
+    """
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])  # busy (user..steal), total; guest is inside user
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(window_s)
+    second = sample()
+    if second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
+
+
+def choose_threads(device: torch.device, requested: int | None = None,
+                   busy: Callable[[], float | None] = busy_cores_of_other_jobs) -> tuple[int, str]:
+    """(torch CPU threads for the sweep, why). `requested` wins; else one per core that other jobs leave free.
+
+    With every core in use by torch's OpenMP threads, a parallel region waits for whichever thread the OS
+    descheduled, and a short call then waits whole scheduler ticks (the reference report shows it). So the
+    cores other jobs keep busy right now (:func:`busy_cores_of_other_jobs`; the load average where that
+    cannot be read) decide.
+    """
+    default = torch.get_num_threads()
+    if requested is not None:
+        return requested, "asked for with --threads"
+    if device.type != "cpu":
+        return default, "torch's default"
+    cores = os.cpu_count() or 1
+    held, source = busy(), "measured over 0.5 s"
+    if held is None:
+        try:
+            held, source = os.getloadavg()[0], "load average"
+        except OSError:
+            return default, "torch's default (neither /proc/stat nor a load average on this system)"
+    free = max(1, min(default, int(cores - held + 0.5)))
+    if free < default:
+        return free, (f"other jobs keep {held:.1f} of {cores} cores busy ({source}), so {free} instead of "
+                      f"torch's {default} (--threads N to override)")
+    return default, f"torch's default, one per core (other jobs: {held:.1f} cores busy, {source})"

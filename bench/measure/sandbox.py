@@ -5,15 +5,13 @@
 - :func:`deadline`: a per-unit time limit (SIGALRM), so a variant that hangs costs one `timeout` row;
 - :class:`InputGuard`: the harness keeps a pristine copy of every input it hands over and checks it after
   each call, so a variant that writes into its input is caught instead of corrupting what follows;
-- :func:`memory_ceiling`: on CPU, caps the address space the process may add while measuring, so an
-  allocation beyond the stated share of RAM raises (an `oom` row) instead of waking the OOM killer, which
-  would end the whole run.
+- the memory ceiling (an allocation past a share of RAM is an `oom` row, never the OOM killer) is in
+  bench.measure.memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import resource
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -81,62 +79,3 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         bits = _BITS[a.element_size()]
         return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
     return torch.equal(a, b)
-
-
-def _mem_total_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory now (RSS), from /proc/self/statm; None where unreadable."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _virtual_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[0]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@contextlib.contextmanager
-def memory_ceiling(fraction: float) -> Iterator[str]:
-    """Cap the address space this process may *add* at `fraction` of the machine's RAM, minus what it
-    already holds resident; yields a sentence saying what was set (recorded in run.json).
-
-    Beyond it, malloc/mmap fail and torch raises "can't allocate memory", which the harness records as an
-    `oom` row; without it, Linux overcommits and the OOM killer ends the whole process (seen: a plugin
-    allocating 4 GiB per call drove this 24 GB machine's sweep to 17.4 GB). The limit applies to virtual
-    memory, so it is set above what is mapped now (torch maps several GB it never touches).
-    """
-    total, virtual, resident = _mem_total_bytes(), _virtual_bytes(), resident_bytes()
-    if total is None or virtual is None or resident is None:
-        yield "no memory ceiling (/proc/meminfo or /proc/self/statm unreadable)"
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    room = max(int(fraction * total) - resident, 0)
-    limit = virtual + room
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ValueError, OSError) as exc:
-        yield f"no memory ceiling ({exc})"
-        return
-    try:
-        yield (f"address space capped at {limit / 2**30:.1f} GiB: {fraction:.0%} of {total / 2**30:.1f} GiB RAM "
-               f"may be in use at once, beyond that an allocation fails and the unit is an `oom` row")
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

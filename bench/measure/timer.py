@@ -2,8 +2,7 @@
 
 Time a zero-argument closure whose inputs were built beforehand:
 
-    >>> from bench.timing import time_call
-    >>> from bench.presets import TimerBudget
+    >>> from bench.measure.timer import TimerBudget, time_call
     >>> x = torch.randn(4096, 4096)
     >>> m = time_call(lambda: torch.softmax(x, -1), torch.device("cpu"), TimerBudget())
     >>> m.stats.median, m.stats.iqr, m.stats.unstable, m.first_call_s, m.threads
@@ -24,37 +23,44 @@ The statistics (:func:`summarize`, :func:`quantile`) are pure functions of the s
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
 import statistics
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from bench.presets import TimerBudget
+
+@dataclass(frozen=True)
+class TimerBudget:
+    """How long and how often one measurement is timed (bench/timing.py reads it)."""
+
+    warmup: int = 3  # calls after the separately timed first call, before timing starts
+    warmup_s: float = 0.2  # ...but stop warming up once this long was spent (1 s calls need no 3 warm-ups)
+    min_reps: int = 5  # samples taken even when the time budget is spent
+    max_reps: int = 2000
+    budget_s: float = 0.25  # time spent collecting samples for one measurement
+    # CPU: a call shorter than this is repeated inside one sample so perf_counter's own cost stays negligible.
+    min_sample_s: float = 100e-6
+    max_inner: int = 1000
+    # Flag a measurement as unstable when its interquartile range exceeds this fraction of its median.
+    spread_limit: float = 0.10
+    l2_flush_multiple: int = 2  # CUDA: the flush buffer is this many times the device's L2 size
+
+
 
 # --- statistics (pure) ---------------------------------------------------------------------------
 
 def quantile(sorted_samples: Sequence[float], q: float) -> float:
-    """The q-quantile by linear interpolation between closest ranks (numpy's default, Hyndman-Fan type 7).
-
-    position h = (n - 1) q; value = x[floor h] + (h - floor h) (x[floor h + 1] - x[floor h]).
-    """
-    n = len(sorted_samples)
-    if n == 0:
+    """The q-quantile by linear interpolation between closest ranks: numpy's default method (Hyndman-Fan
+    type 7), position h = (n - 1) q, value = x[floor h] + (h - floor h) (x[floor h + 1] - x[floor h])."""
+    if len(sorted_samples) == 0:
         raise ValueError("quantile of no samples")
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile q must lie in [0, 1], got {q}")
-    h = (n - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, n - 1)
-    return sorted_samples[lo] + (h - lo) * (sorted_samples[hi] - sorted_samples[lo])
+    return float(np.quantile(np.asarray(sorted_samples, dtype=np.float64), q))
 
 
 @dataclass(frozen=True)
@@ -257,112 +263,3 @@ def timer_overhead(device: torch.device, budget: TimerBudget = TimerBudget(), fl
         return None
 
     return time_call(empty, device, budget, flush_l2=flush_l2).stats
-
-
-# --- peak memory ---------------------------------------------------------------------------------
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-        return libc
-    except (OSError, AttributeError):  # not glibc, or glibc < 2.33 (no mallinfo2)
-        return None
-
-
-def cpu_memory_unsupported() -> str | None:
-    """None when CPU peak memory can be measured here, else why not (the row says so)."""
-    if _libc() is None:
-        return ("CPU peak memory is read from glibc's mallinfo2 (glibc >= 2.33), which this C library "
-                "does not provide")
-    return None
-
-
-def _malloc_in_use() -> int:
-    info = _libc().mallinfo2()
-    return int(info.uordblks + info.hblkhd)  # bytes in use in the heap arenas + in mmapped blocks
-
-
-def _sampled_peak(fn: Callable[[], object], min_s: float) -> int:
-    """The most bytes malloc held while `fn` ran (called again until `min_s` passed), beyond
-    what it held before: a second thread reads mallinfo2 in a loop, while torch's kernels run without the
-    GIL. It watches the process, not the call: it sees buffers of compiled or hand-written kernels too, which
-    no op-level hook does, and nothing in the variant has to cooperate."""
-    base = _malloc_in_use()
-    peak = [base]
-    done = threading.Event()
-
-    def watch() -> None:
-        high = base
-        while not done.is_set():
-            high = max(high, _malloc_in_use())
-        peak[0] = high
-
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # hand the GIL over often, so the watcher samples between Python steps too
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        deadline, calls = time.perf_counter() + min_s, 0
-        while calls < 1 or time.perf_counter() < deadline:
-            out = fn()
-            peak[0] = max(peak[0], _malloc_in_use())  # the output, still alive
-            del out
-            calls += 1
-    finally:
-        done.set()
-        watcher.join()
-        sys.setswitchinterval(switch)
-    return max(0, peak[0] - base)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0.05) -> int:
-    """Bytes the call allocates beyond what existed before it (its inputs), at its peak.
-
-    CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, sampled from a second
-    thread while the call runs (repeated for `min_s`, so a short-lived temporary is caught): outputs, saved
-    intermediates and kernel scratch all count. Call it outside the timed region.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn()
-        torch.cuda.synchronize(device)
-        del out
-        return max(0, torch.cuda.max_memory_allocated(device) - base)
-    reason = cpu_memory_unsupported()
-    if reason:
-        raise RuntimeError(reason)
-    return _sampled_peak(fn, min_s)
-
-
-def keep_freed_memory() -> str:
-    """Make glibc keep freed memory in the process instead of handing big blocks back to the OS.
-
-    By default glibc serves blocks above its mmap threshold (at most 32 MB) with fresh mmaps and unmaps them
-    on free, so every large output page-faults on first touch: a 64 MB softmax output costs ~4x its
-    kernel time in page faults on this machine. CUDA's caching allocator never pays that, and neither does
-    a training loop with a caching CPU allocator (jemalloc, tcmalloc), so the sweep measures kernels, not
-    the OS, by default. Returns a description of the allocator setting for run.json.
-    """
-    libc = _libc()
-    if libc is None:
-        return "system allocator (not glibc: left as is)"
-    m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
-    ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-    return "glibc, freed memory kept (mmap off, trim off)" if ok else "glibc defaults (mallopt refused)"
-
-
-def release_kept_memory() -> None:
-    """Give the freed memory glibc keeps (keep_freed_memory) back to the OS: before a unit that would not fit
-    otherwise, so what earlier units freed never counts against the next one."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)

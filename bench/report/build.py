@@ -36,10 +36,11 @@ from typing import Any
 import pandas as pd
 
 from bench import UserError
-from bench import report_tables as T
-from bench.presets import FASHION_LABELS, REGIMES
-from bench.results import Run
-from bench.targets import target_lines
+from bench.report import bundle as T
+from bench.store.rows import FASHION_LABELS
+from bench.store.run import Run
+from bench.store.targets import target_lines
+from bench.studies.training.presets import REGIMES
 
 REPORTS_DIR = Path("reports")
 CSS = """
@@ -166,7 +167,7 @@ def _steps_per_epoch(bundle: T.Bundle) -> dict[str, float]:
 
 def build(bundle: T.Bundle, out: Path) -> Doc:
     """Write the figures into `out` and return the document that refers to them."""
-    from bench import report_figures as F
+    from bench.report import figures as F
 
     names = ", ".join(r.name for r in bundle.runs)
     doc = Doc(f"softmax-bench report: {names}")
@@ -325,7 +326,7 @@ def _grid_rows(pr: pd.DataFrame) -> pd.DataFrame:
 def _byte_formulas() -> list[str]:
     """The throughput study's byte formulas, when it publishes them (bench.throughput.BYTE_FORMULAS)."""
     try:
-        from bench import throughput
+        from bench.studies.throughput import ops as throughput
     except Exception:
         return []
     formulas = getattr(throughput, "BYTE_FORMULAS", None)

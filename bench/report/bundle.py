@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from bench import UserError
-from bench.presets import BASELINE
-from bench.results import TABLES, Run, columns
-from bench.targets import measured
+from bench.store.rows import BASELINE, TABLES, columns
+from bench.store.run import Run
+from bench.store.wide import measured
 
 # Columns every merged table gets in front, so rows from several machines keep where they came from.
 ORIGIN = ["run", "host", "device_name"]
@@ -697,7 +697,7 @@ def training_reading(final: pd.DataFrame) -> list[str]:
 
 
 def predictions_table(bundle: Bundle, regime: str = "standard") -> pd.DataFrame:
-    from bench.presets import FASHION_LABELS
+    from bench.store.rows import FASHION_LABELS
 
     pr = bundle.tables["predictions"]
     if pr.empty:

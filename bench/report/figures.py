@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from bench.report_tables import REFERENCE, shape  # noqa: E402
+from bench.report.bundle import REFERENCE, shape  # noqa: E402
 
 DPI = 110
 sns.set_theme(context="notebook", style="whitegrid")

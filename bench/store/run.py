@@ -127,7 +127,7 @@ class Run:
     def create(cls, root: Path | str = RESULTS_DIR, command: list[str] | None = None,
                presets: dict[str, Any] | None = None) -> Run:
         """A new run folder under `root`, locked for this process; refuses an unwritable or full disk."""
-        from bench.devices import machine_info
+        from bench.measure.host import machine_info
 
         root = Path(root)
         try:

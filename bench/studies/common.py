@@ -6,16 +6,50 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from typing import Any, TypeVar
 
 import torch
 
 import softmax_impls
 from bench import UserError
-from bench.devices import parse_device
-from bench.presets import as_dict
-from bench.results import RESULTS_DIR, Run
+from bench.measure.host import parse_device
+from bench.store.rows import BASELINE as BASELINE  # re-exported: a fact of the stored rows
+from bench.store.run import RESULTS_DIR, Run
 from softmax_impls import Variant
+
+T = TypeVar("T")
+
+# Per-unit time limit (seconds) by device type: far above any honest unit of the presets, so only a hung
+# variant reaches it. `--timeout` overrides; 0 turns it off.
+UNIT_TIMEOUT_S: dict[str, float] = {"cpu": 300.0, "cuda": 120.0}
+# The stability study's unit is one call of a variant on a small batch (milliseconds; mpmath is not timed).
+STABILITY_TIMEOUT_S = 120.0
+# One training run (a variant, regime and dtype: the chapter's 10 epochs, far below this).
+TRAIN_TIMEOUT_S = 1800.0
+# Share of RAM (CPU) or GPU memory the sweep may hold at once: an allocation past it fails as an `oom` row
+# instead of waking the OOM killer (which would end the whole run).
+MEMORY_FRACTION = 0.8
+
+def pick(kind: str, table: Mapping[str, T], name: str | None, default: str | None = None) -> T:
+    """table[name] (table[default] when name is None, i.e. not given), or a UserError naming the known ones.
+
+    An empty or blank name is refused, never read as "not given": `--preset ""` (an unset shell variable)
+    must not silently run the default preset.
+    """
+    known = ", ".join(table)
+    if name is None and default is not None:
+        name = default
+    if name is None or not name.strip():
+        raise UserError(f"an empty {kind} name was given; give one of the known {kind}s: {known}.")
+    if name not in table:
+        raise UserError(f"unknown {kind} {name!r}; known {kind}s: {known}.")
+    return table[name]
+
+
+def as_dict(preset: Any) -> dict[str, Any]:
+    return asdict(preset) if is_dataclass(preset) else dict(preset)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, device_default: str = "cpu") -> None:

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from bench import UserError
-from bench.data import FashionMNIST, load, write_idx
-from bench.devices import parse_device
-from bench.presets import REGIMES
-from bench.training import effective_regime, prepare, train_one
+from bench.measure.host import parse_device
+from bench.studies.training.data import FashionMNIST, load, write_idx
+from bench.studies.training.presets import REGIMES
+from bench.studies.training.sweep import effective_regime, prepare, train_one
 
 CHAPTER_WORKERS = 4  # d2l.get_dataloader_workers()
 

@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
-from bench.families import limits
-from bench.reference import Reference
+from bench.studies.stability.families import limits
+from bench.studies.stability.reference import Reference
 
 MAX_CHECKED = 2**22  # elements compared against the reference per unit
 CHUNK = 2**20  # elements per float64 reference chunk (bounds the validator's own memory)
@@ -78,7 +78,9 @@ def _reference(x: np.ndarray, target: np.ndarray) -> Reference:
 
 def _check_rows(op: str, out: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None,
                 dy: torch.Tensor | None, tolerance_u: float) -> str | None:
-    from bench.stability import compare  # the study's judging rules; imported late (it imports the harness)
+    from bench.studies.stability.sweep import (
+        compare,  # the study's judging rules; imported late (it imports the harness)
+    )
 
     lim = limits(x.dtype)
     xd = x.to("cpu", torch.float64).numpy()

@@ -46,7 +46,7 @@ import torch
 from bench import UserError
 
 if TYPE_CHECKING:
-    from bench.results import Run
+    from bench.store.run import Run
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 LOCAL_RAW_DIR = Path("data/FashionMNIST/raw")
