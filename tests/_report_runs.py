@@ -3,7 +3,7 @@
 Every number is measured here, on this machine, in a fraction of a second: torch's and the variants'
 softmax timed with perf_counter against a same-size copy, stability errors of the real variants against a
 float64 reference, overflow thresholds found by bisection, and the chapter's training for one epoch on real
-Fashion-MNIST (bench.training). Rows are written with Run.append in the schema the studies use.
+Fashion-MNIST (bench.studies.training). Rows are written with Run.append in the schema the studies use.
 
 A "regression" is made real too: `swap` runs one variant's code under another's name (e.g. the chapter's
 naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work eight times (big enough
@@ -59,7 +59,7 @@ def variants(swap: dict[str, str] | None = None, slow: tuple[str, ...] = ()) -> 
 
 
 def throughput_rows(vs: list[softmax_impls.Variant], shapes=SHAPES) -> list[ThroughputRow]:
-    # One torch thread, as bench.throughput.choose_threads picks on a busy machine: with both cores' OpenMP
+    # One torch thread, as bench.measure.host.choose_threads picks on a busy machine: with both cores' OpenMP
     # threads, a descheduled thread stalls every parallel region for 4-16 ms, which once made the *base* run's
     # logsumexp 30x slow on a shared CI machine, so the eight-fold slowdown of `slow` no longer stood out.
     previous = torch.get_num_threads()

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import softmax_impls
+from bench.studies.stability.contracts import check_variants, format_check
 from bench.studies.stability.presets import STABILITY_PRESETS, StabilityPreset
-from bench.studies.stability.sweep import check_variants, format_check
 from softmax_impls.contract import ALL_DTYPES, Contract
 
 CPU = torch.device("cpu")

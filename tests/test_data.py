@@ -1,4 +1,4 @@
-"""bench.data on the real Fashion-MNIST: what it loads, where it looks, the cache, and corrupt files.
+"""bench.studies.training.data on the real Fashion-MNIST: what it loads, where it looks, the cache, and corrupt files.
 
 Corrupt copies are the real files written into tmp_path with one of them damaged, never synthetic data.
 """

@@ -219,7 +219,7 @@ def test_jax_exchanges_tensors_without_copies() -> None:
 
 
 def test_throughput_validation_accepts_the_peers() -> None:
-    """bench/validate.py checks every throughput output against float64 before timing it."""
+    """bench/studies/throughput/validate.py checks every throughput output against float64 before timing it."""
     from bench.studies.throughput.validate import check_output
 
     for name in ("onnxruntime", "jax"):

@@ -1,4 +1,4 @@
-"""bench.results: the run folder - append as measured, read back typed, survive a truncated last line,
+"""bench.store: the run folder - append as measured, read back typed, survive a truncated last line,
 resume keys, and clear messages for folders written by another schema.
 
     .venv/bin/pytest -q tests/test_results.py

@@ -1,4 +1,4 @@
-"""bench.throughput: byte formulas, the plan, oom/error/skipped rows from fake variants, the summary, the
+"""bench.studies.throughput: byte formulas, the plan, oom/error/skipped rows from fake variants, the summary, the
 command's user errors, and resume after a real interruption (a killed subprocess).
 
     .venv/bin/pytest -q tests/test_throughput.py

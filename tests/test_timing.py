@@ -1,4 +1,4 @@
-"""bench.timing: the statistics against hand-computed values, the CPU timer against a known busy-wait,
+"""bench.measure.timer: the statistics against hand-computed values, the CPU timer against a known busy-wait,
 peak memory against what the ops must allocate. CUDA tests run only where a GPU is present.
 
     .venv/bin/pytest -q tests/test_timing.py

@@ -19,8 +19,9 @@ from bench.measure.memory import memory_ceiling
 from bench.measure.sandbox import UnitTimeout, deadline
 from bench.measure.timer import TimerBudget
 from bench.store.run import Run
+from bench.studies.stability.contracts import check_variants
 from bench.studies.stability.presets import STABILITY_PRESETS
-from bench.studies.stability.sweep import check_variants, stability_into
+from bench.studies.stability.sweep import stability_into
 from bench.studies.throughput.presets import SweepBlock, ThroughputPreset
 from bench.studies.throughput.sweep import throughput_into
 from bench.studies.throughput.validate import check_output

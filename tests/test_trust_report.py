@@ -26,6 +26,9 @@ import softmax_impls
 from bench.cli import main
 from bench.measure.timer import TimerBudget
 from bench.report import bundle as T
+from bench.report.render import md_escape
+from bench.report.sections.stability import stability_cells, stability_table
+from bench.report.sections.verdict import verdict as verdict_table
 from bench.report import figures as F
 from bench.report.build import MANIFEST, previous_report_files, render
 from bench.store.rows import StabilityRow, ThroughputRow, TrainingRow
@@ -342,8 +345,8 @@ def test_stability_and_training_timeouts_are_not_results(small_run: Path, tmp_pa
                TrainingRow("naive", "standard", "cpu", "float32", 0, None, "seconds", None, "s", "timeout",
                            "training run ran past its time limit of 600 s"))
     bundle = T.load([run.path])
-    assert T.stability_table(T.stability_cells(bundle))["translation"].tolist() == ["TIMEOUT"]
-    verdict = T.verdict(bundle)
+    assert stability_table(stability_cells(bundle))["translation"].tolist() == ["TIMEOUT"]
+    verdict = verdict_table(bundle)
     assert verdict.loc[0, "test acc standard"] == "timeout"  # a partial accuracy is no result
     md = render([run.path], tmp_path / "report").read_text()
     assert "timeout: training run ran past its time limit" in _section(md, "Training")
@@ -355,14 +358,14 @@ NASTY = "bad | *input* _x_ `code` <script>alert(1)</script>\n# injected heading\
 
 
 def test_md_escape_exact():
-    assert T.md_escape("a|b") == "a\\|b"
-    assert T.md_escape("max_subtracted *x* _y_") == "max_subtracted \\*x\\* \\_y\\_"
-    assert T.md_escape("<script>") == "\\<script>"
-    assert T.md_escape("one\n# two\r\nthree") == "one # two three"
-    assert T.md_escape("run `softmax-bench x|y` now `", block=True) == "run `softmax-bench x|y` now \\`"
-    assert T.md_escape("# not a heading", block=True) == "\\# not a heading"
-    assert T.md_escape("3.11.7") == "3.11.7"
-    assert T.md_escape("[x](y) $a$ ~b~ &amp;") == "\\[x\\](y) \\$a\\$ \\~b\\~ \\&amp;"
+    assert md_escape("a|b") == "a\\|b"
+    assert md_escape("max_subtracted *x* _y_") == "max_subtracted \\*x\\* \\_y\\_"
+    assert md_escape("<script>") == "\\<script>"
+    assert md_escape("one\n# two\r\nthree") == "one # two three"
+    assert md_escape("run `softmax-bench x|y` now `", block=True) == "run `softmax-bench x|y` now \\`"
+    assert md_escape("# not a heading", block=True) == "\\# not a heading"
+    assert md_escape("3.11.7") == "3.11.7"
+    assert md_escape("[x](y) $a$ ~b~ &amp;") == "\\[x\\](y) \\$a\\$ \\~b\\~ \\&amp;"
 
 
 def test_names_and_messages_cannot_break_index_md(tmp_path: Path):

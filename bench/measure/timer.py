@@ -35,7 +35,7 @@ import torch
 
 @dataclass(frozen=True)
 class TimerBudget:
-    """How long and how often one measurement is timed (bench/timing.py reads it)."""
+    """How long and how often one measurement is timed (bench/measure/timer.py reads it)."""
 
     warmup: int = 3  # calls after the separately timed first call, before timing starts
     warmup_s: float = 0.2  # ...but stop warming up once this long was spent (1 s calls need no 3 warm-ups)

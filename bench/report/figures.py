@@ -1,4 +1,4 @@
-"""The report's figures, drawn with seaborn from the tables in bench/report_tables.py (PNG, Agg backend).
+"""The report's figures, drawn with seaborn from the tables in bench/report/ (PNG, Agg backend).
 
 Each function takes the frames it draws and a target path, writes one PNG, and returns the path (or None
 when there is nothing to draw). Every figure has a title and axes that say their units.
@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from bench.report.bundle import REFERENCE, shape  # noqa: E402
+from bench.fmt import shape  # noqa: E402
+from bench.report.bundle import REFERENCE  # noqa: E402
 
 DPI = 110
 sns.set_theme(context="notebook", style="whitegrid")

@@ -19,6 +19,10 @@ READABLE_SCHEMAS = (1, 2)
 BASELINE = "torch"
 # The throughput ops, in the order every table and summary lists them (bench.studies.throughput.ops).
 THROUGHPUT_OPS = ("softmax_fwd", "softmax_fwd_bwd", "ce_fwd", "ce_fwd_bwd")
+# The training regimes a report knows by name, and the chapter's minibatch size: what a report assumes for a
+# regime whose run.json lost its presets (every regime of bench.studies.training.presets trains in batches of it).
+REGIME_NAMES = ("standard", "raw-pixels", "high-lr", "low-precision")
+CHAPTER_BATCH_SIZE = 256
 # The labels of PredictionRow.label (Fashion-MNIST's classes, in index order).
 FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat",
                   "sandal", "shirt", "sneaker", "bag", "ankle boot")

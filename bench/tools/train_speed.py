@@ -1,14 +1,14 @@
 """The chapter's training pipeline against ours, side by side in one invocation: time, accuracy, ratio.
 
-    python -m bench.train_speed                 # both, 10 epochs each (the chapter's takes about a minute)
-    python -m bench.train_speed --epochs 2      # a quicker look; the ratio is per epoch either way
+    python -m bench.tools.train_speed                 # both, 10 epochs each (the chapter's takes about a minute)
+    python -m bench.tools.train_speed --epochs 2      # a quicker look; the ratio is per epoch either way
 
 The chapter's pipeline, as written there: torchvision.datasets.FashionMNIST with transforms.ToTensor(),
 DataLoader(batch_size=256, shuffle=True, num_workers=4) for training and (shuffle=False) for testing, the
 naive softmax, W ~ N(0, 0.01), b = 0, d2l.sgd with lr 0.1, float(l.sum()) and the accuracy pulled out of
 every minibatch into a Python Accumulator. Each image goes PIL -> ToTensor -> collate, every epoch.
 
-Ours (bench.training): the dataset decoded once (bench.data, cached), flattened and scaled once into one
+Ours (bench.studies.training): the dataset decoded once (bench.studies.training.data, cached), flattened and scaled once into one
 tensor on the device, minibatches index_select-ed from it, the loss sums kept on the device until the end
 of the epoch. Same recipe, same variant (naive), same epochs: the two test accuracies should agree to
 within seed noise (~0.01), and ours should be at least 20x faster.
@@ -31,8 +31,8 @@ import torch
 from bench import UserError
 from bench.measure.host import parse_device
 from bench.studies.training.data import FashionMNIST, load, write_idx
+from bench.studies.training.model import effective_regime, prepare, train_one
 from bench.studies.training.presets import REGIMES
-from bench.studies.training.sweep import effective_regime, prepare, train_one
 
 CHAPTER_WORKERS = 4  # d2l.get_dataloader_workers()
 
@@ -125,7 +125,7 @@ def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.tools.train_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=REGIMES["standard"].epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for our pipeline (the chapter's runs on the CPU)")

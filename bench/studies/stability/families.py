@@ -2,7 +2,7 @@
 
 Each family turns (dtype, param, n, rows, seed) into a :class:`Batch`: logits already rounded to the dtype
 (held as float64, which represents every float16/bfloat16/float32 value exactly), and int64 targets. The
-reference (bench/reference.py) is computed on exactly these rounded values, so input rounding is never
+reference (bench/studies/stability/reference.py) is computed on exactly these rounded values, so input rounding is never
 blamed on the algorithm.
 
 Every family draws its ordinary values from a small pool of distinct numbers (:data:`POOL_SIZE`): rows of
@@ -14,7 +14,7 @@ probabilities are the confident-correct family's subject and must not leak into 
 The swept parameters come from each dtype's own limits (:func:`limits`), so "past overflow" means the same
 thing in float16 (11.09) as in float64 (709.78).
 
-    >>> from bench.families import FAMILIES
+    >>> from bench.studies.stability.families import FAMILIES
     >>> batch = FAMILIES["translation"].make(torch.float32, 100.0, n=1000, rows=4, seed=0)
 """
 

@@ -4,7 +4,7 @@ Computed with mpmath at :data:`DIGITS` significant digits on the already-rounded
 holding the dtype's values exactly), so the rounding of the inputs is never blamed on the algorithm.
 
 Cost. A row of 131072 elements would take seconds at 50 digits, one exp per element. The study's rows are
-drawn from a few hundred distinct values (bench/families.py), so the reference is computed once per
+drawn from a few hundred distinct values (bench/studies/stability/families.py), so the reference is computed once per
 *distinct* value and weighted by its multiplicity: sum_i e^(x_i - m) = sum_v count(v) e^(v - m), exactly.
 
 Accuracy. Every quantity is returned as a double-double pair (hi, lo) with hi + lo equal to the 50-digit

@@ -48,7 +48,7 @@ def add_arguments_throughput(parser: argparse.ArgumentParser) -> None:
                              "OpenMP barriers do not wait on threads other jobs deschedule)")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: keep glibc's default of unmapping big freed blocks (every big output "
-                             "then page-faults; see bench.timing.keep_freed_memory)")
+                             "then page-faults; see bench.measure.memory.keep_freed_memory)")
 
 
 def run_throughput(args: argparse.Namespace) -> int:

@@ -72,7 +72,7 @@ def summary_table(df: pd.DataFrame, device: str | None = None, columns_per_block
     lines.append("")
     targets = target_lines(df, device=device)
     if targets:
-        lines += ["targets (bench/presets.py):", *(f"  {line}" for line in targets), ""]
+        lines += ["targets (bench/store/targets.py):", *(f"  {line}" for line in targets), ""]
     for r in df[(df["metric"] == "repeat_diff_frac") & (df["status"] == "ok")].itertuples(index=False):
         first = value.get((r.variant, r.op, r.rows, r.cols, r.dtype, "median_s"))
         second = value.get((r.variant, r.op, r.rows, r.cols, r.dtype, "repeat_median_s"))

@@ -1,7 +1,7 @@
 """Is a variant's throughput output right? Checked once per unit, before any time is credited.
 
 The reference is float64 on the same (dtype-rounded) inputs, judged with the stability study's rules
-(bench.stability.compare: finite where the reference is finite, within the variant's contract tolerance in
+(bench.studies.stability.judge: finite where the reference is finite, within the variant's contract tolerance in
 units of the dtype's roundoff, probabilities scaled by (1 + |ln p|)). The inputs are ordinary normal
 logits, so a correct variant of any contract passes here; NaN, garbage, a wrong shape or dtype does not.
 
@@ -78,9 +78,7 @@ def _reference(x: np.ndarray, target: np.ndarray) -> Reference:
 
 def _check_rows(op: str, out: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None,
                 dy: torch.Tensor | None, tolerance_u: float) -> str | None:
-    from bench.studies.stability.sweep import (
-        compare,  # the study's judging rules; imported late (it imports the harness)
-    )
+    from bench.studies.stability.judge import judge
 
     lim = limits(x.dtype)
     xd = x.to("cpu", torch.float64).numpy()
@@ -91,7 +89,7 @@ def _check_rows(op: str, out: torch.Tensor, x: torch.Tensor, target: torch.Tenso
     if op == "softmax_fwd_bwd":
         return _check_softmax_grad(got, ref, dy.to("cpu", torch.float64).numpy(), lim.u, lim.tiny, tolerance_u)
     stability_op = {"softmax_fwd": "softmax", "ce_fwd": "cross_entropy", "ce_fwd_bwd": "ce_grad"}[op]
-    result = compare(stability_op, got, ref, t, lim, tolerance_u)
+    result = judge(stability_op, got, ref, t, lim, tolerance_u)
     return None if result.passed else f"disagrees with the float64 reference: {result.message}"
 
 

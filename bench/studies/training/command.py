@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from bench import UserError, progress
+from bench.fmt import fixed
 from bench.measure.host import parse_dtype
 from bench.studies.common import (
     add_common_arguments,
@@ -24,27 +25,13 @@ from bench.studies.training.presets import REGIMES
 from bench.studies.training.sweep import train_into
 
 
-def _summary(r: TrainResult) -> str:
-    if r.status != "ok":
-        return f"{r.status}: {r.message}"
-    div = f"diverged at step {r.diverged_step}" if r.diverged_step is not None else "finite throughout"
-    return (f"test acc {_fmt(r.test_acc)}, train loss {_fmt(r.train_loss)}, {div}, "
-            f"{_fmt(r.seconds, '.2f')} s")
-
-
-def _fmt(v: float | None, spec: str = ".4f") -> str:
-    if v is None:
-        return "-"
-    return format(v, spec) if math.isfinite(v) else str(v)
-
-
 def format_table(results: Sequence[TrainResult]) -> str:
     """The comparison table: one line per (variant, regime, dtype)."""
     header = ("variant", "regime", "dtype", "test acc", "train loss", "diverged", "seconds", "status")
     lines = [header]
     for r in results:
-        lines.append((r.variant, r.regime, r.dtype, _fmt(r.test_acc), _fmt(r.train_loss),
-                      str(r.diverged_step) if r.diverged_step is not None else "-", _fmt(r.seconds, ".2f"),
+        lines.append((r.variant, r.regime, r.dtype, fixed(r.test_acc), fixed(r.train_loss),
+                      str(r.diverged_step) if r.diverged_step is not None else "-", fixed(r.seconds, ".2f"),
                       r.status + (" (resumed)" if r.resumed else "") + (f": {r.message}" if r.status != "ok"
                                                                        else "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]

@@ -4,7 +4,7 @@
     ds = data.load()                  # FashionMNIST(train_images uint8 [60000, 28, 28], train_labels int64 ...)
     ds.source, ds.from_cache          # where it came from
 
-    python -m bench.data              # where the files were found, counts, and how long loading took
+    python -m bench.studies.training.data              # where the files were found, counts, and how long loading took
 
 Where it looks, in order (each file gzipped or not):
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from bench import progress
+from bench.fmt import fixed
 from bench.measure.host import dtype_name, sync, torch_threads
 from bench.store.rows import FASHION_LABELS
 from bench.studies.training.data import FashionMNIST
@@ -276,3 +277,10 @@ def predict(net: Model, data: DeviceData, images: torch.Tensor | None, n: int = 
     return out
 
 
+def summary(r: TrainResult) -> str:
+    """One line on a finished run: its accuracy, loss, divergence and time (or why it failed)."""
+    if r.status != "ok":
+        return f"{r.status}: {r.message}"
+    div = f"diverged at step {r.diverged_step}" if r.diverged_step is not None else "finite throughout"
+    return (f"test acc {fixed(r.test_acc)}, train loss {fixed(r.train_loss)}, {div}, "
+            f"{fixed(r.seconds, '.2f')} s")

@@ -19,9 +19,8 @@ from bench.studies.common import (
     classify_failure,
     pick,
 )
-from bench.studies.training.command import _summary
 from bench.studies.training.data import FashionMNIST
-from bench.studies.training.model import DeviceData, TrainResult, effective_regime, prepare, train_one
+from bench.studies.training.model import DeviceData, TrainResult, effective_regime, prepare, summary, train_one
 from bench.studies.training.presets import NUM_PREDICTIONS, REGIMES, Regime
 from softmax_impls import Variant
 
@@ -136,7 +135,7 @@ def train_into(run: Run, variants: Sequence[Variant], regimes: Sequence[str | Re
                 else:
                     result.status, result.message = "skipped", reason
                 run.append(*_finish_rows(result))
-                progress.log(f"[{result.variant} {result.regime} {result.dtype}] " + _summary(result))
+                progress.log(f"[{result.variant} {result.regime} {result.dtype}] " + summary(result))
                 results.append(result)
             del prepared  # free the device copy before the next dtype/regime
     return results
