@@ -15,14 +15,14 @@ from pathlib import Path
 import _report_runs as R
 import pytest
 import torch
+from bench.presets import SweepBlock, ThroughputPreset, TimerBudget
+from bench.results import Run
+from bench.throughput import throughput_into
 
 import softmax_impls
 from bench import UserError
 from bench.cli import main
 from bench.compare import fast_end, mann_whitney_greater, midranks, parse_threshold
-from bench.presets import SweepBlock, ThroughputPreset, TimerBudget
-from bench.results import Run
-from bench.throughput import throughput_into
 
 CPU = torch.device("cpu")
 # four points a variant (the gate needs more than half of a variant's points to call it slower), ~1 s a run

@@ -13,10 +13,9 @@ import softmax_impls
 from bench.cli import main
 from bench.store.run import Run
 from bench.studies.stability.families import FAMILIES, limits, round_to
-from bench.studies.stability.judge import measure
+from bench.studies.stability.judge import judge, measure
 from bench.studies.stability.presets import StabilityPreset
 from bench.studies.stability.reference import reference
-from bench.studies.stability.judge import judge
 from bench.studies.stability.sweep import format_summary, stability_into
 from bench.studies.stability.thresholds import PROBES, _bits, _value, probe, threshold
 

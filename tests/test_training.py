@@ -18,8 +18,7 @@ import softmax_impls
 from bench.cli import main as cli_main
 from bench.store.rows import FASHION_LABELS
 from bench.store.run import Run
-from bench.studies.training import data
-from bench.studies.training import command, model, sweep
+from bench.studies.training import command, data, model, sweep
 from bench.studies.training.presets import NUM_PREDICTIONS, REGIMES
 from softmax_impls import Variant
 

@@ -26,11 +26,11 @@ import softmax_impls
 from bench.cli import main
 from bench.measure.timer import TimerBudget
 from bench.report import bundle as T
+from bench.report import figures as F
+from bench.report.build import MANIFEST, previous_report_files, render
 from bench.report.render import md_escape
 from bench.report.sections.stability import stability_cells, stability_table
 from bench.report.sections.verdict import verdict as verdict_table
-from bench.report import figures as F
-from bench.report.build import MANIFEST, previous_report_files, render
 from bench.store.rows import StabilityRow, ThroughputRow, TrainingRow
 from bench.store.run import Run
 from bench.store.targets import ThroughputTarget, target_lines

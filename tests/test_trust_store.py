@@ -26,9 +26,8 @@ from bench import UserError
 from bench.cli import main as cli_main
 from bench.measure.host import parse_device
 from bench.store import lock
-from bench.store.rows import columns
 from bench.store.recover import recover
-from bench.store.rows import StabilityRow, ThresholdRow
+from bench.store.rows import StabilityRow, ThresholdRow, columns
 from bench.store.run import Run
 from bench.studies.common import pick, select_variants
 from bench.studies.throughput.presets import THROUGHPUT_PRESETS

@@ -183,6 +183,45 @@ def l2_cache_bytes(device: torch.device) -> int:
     return int(getattr(props, "L2_cache_size", 0) or 64 * 2**20)
 
 
+def _graph_replay(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`fn` captured once in a CUDA graph; returns the replay. Captured on a side stream after warming it up
+    there, as torch.cuda.graphs recommends."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def _l2_evictor(device: torch.device, budget: TimerBudget) -> Callable[[], object]:
+    """A call that leaves the L2 holding only clean lines of a buffer larger than it.
+
+    Evicted by READING the buffer (its max): the lines left behind are clean. Zeroing it (triton.testing.
+    do_bench's way) leaves the L2 full of dirty lines, whose write-back to HBM then lands inside the timed call.
+    """
+    flush = torch.ones(budget.l2_flush_multiple * l2_cache_bytes(device), dtype=torch.int8, device=device)
+    return flush.amax
+
+
+def _event_times(call: Callable[[], object], evict: Callable[[], object] | None, n: int,
+                 sync: Callable[[], None]) -> list[float]:
+    """n calls, each between its own pair of CUDA events (the eviction outside them); seconds per call."""
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for start, end in pairs:
+        if evict is not None:
+            evict()
+        start.record()
+        call()
+        end.record()
+    sync()
+    return [start.elapsed_time(end) / 1e3 for start, end in pairs]
+
+
 def time_cuda(fn: Callable[[], object], device: torch.device, budget: TimerBudget = TimerBudget(),
               flush_l2: bool = True, graph: bool = False) -> Measurement:
     """Time `fn` on a CUDA device with events: one start/end pair per call, read after one sync.
@@ -200,51 +239,16 @@ def time_cuda(fn: Callable[[], object], device: torch.device, budget: TimerBudge
         sync()
         first = time.perf_counter() - t0
         _warm_up(fn, budget, time.perf_counter, sync)
-
-        call = fn
-        timer = "cuda_events"
+        call, timer = (_graph_replay(fn, device), "cuda_graph") if graph else (fn, "cuda_events")
         if graph:
-            # Capture on a side stream after warming it up there, as torch.cuda.graphs recommends.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    fn()
-            torch.cuda.current_stream(device).wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                fn()
-            call = g.replay
-            timer = "cuda_graph"
             call()
             sync()
-
-        evict = None
-        if flush_l2:
-            # Evicted by READING a buffer larger than the L2 (its max): the lines left behind are clean. Zeroing
-            # it (triton.testing.do_bench's way) leaves the L2 full of dirty lines, whose write-back to HBM
-            # then lands inside the timed call.
-            flush = torch.ones(budget.l2_flush_multiple * l2_cache_bytes(device), dtype=torch.int8, device=device)
-
-            def evict() -> None:
-                flush.amax()
-
-        def timed(n: int) -> list[float]:
-            pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-            for start, end in pairs:
-                if evict is not None:
-                    evict()
-                start.record()
-                call()
-                end.record()
-            sync()
-            return [start.elapsed_time(end) / 1e3 for start, end in pairs]
-
+        evict = _l2_evictor(device, budget) if flush_l2 else None
         # A short probe sizes the sample count to the budget.
-        probe = timed(min(5, budget.min_reps))
+        probe = _event_times(call, evict, min(5, budget.min_reps), sync)
         per_call = max(statistics.median(probe), 1e-7)
         n = int(min(budget.max_reps, max(budget.min_reps, budget.budget_s / per_call)))
-        samples = timed(n)
+        samples = _event_times(call, evict, n, sync)
     return Measurement(summarize(samples, budget.spread_limit), samples, 1, first,
                        torch.get_num_threads(), timer, l2_flush=flush_l2)
 

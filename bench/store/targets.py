@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.fmt import ratio
 from bench.store.rows import BASELINE, THROUGHPUT_OPS
 from bench.store.wide import UNIT_POINT as POINT
 from bench.store.wide import wide_throughput
@@ -76,10 +77,6 @@ THROUGHPUT_TARGETS: tuple[ThroughputTarget, ...] = (
 
 
 
-def _fmt(metric: str, value: float) -> str:
-    return f"{value:.0%}" if metric == "roofline_frac" else f"{value:.1f}x"
-
-
 def check(target: ThroughputTarget, wide: pd.DataFrame) -> str:
     """'met: ...', 'NOT met: ...' or 'not measured: ...' for one target, naming every point's figure."""
     if target.metric not in wide:
@@ -103,7 +100,7 @@ def check(target: ThroughputTarget, wide: pd.DataFrame) -> str:
     order = {op: i for i, op in enumerate(THROUGHPUT_OPS)}
     best = best.assign(_op=best["op"].map(order)).sort_values(["_op", "dtype", "cols", "rows"])
     figures = [f"{r.op} {int(r.rows)}x{int(r.cols)} {r.dtype} {r.variant} "
-               f"{_fmt(target.metric, getattr(r, target.metric))}" for r in best.itertuples(index=False)]
+               f"{ratio(target.metric, getattr(r, target.metric))}" for r in best.itertuples(index=False)]
     values = best[target.metric]
     ok = values > target.threshold if target.strictly else values >= target.threshold
     verdict = "met" if bool(ok.all()) else f"NOT met at {int((~ok).sum())} of {len(best)} points"

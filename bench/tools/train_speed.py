@@ -8,9 +8,9 @@ DataLoader(batch_size=256, shuffle=True, num_workers=4) for training and (shuffl
 naive softmax, W ~ N(0, 0.01), b = 0, d2l.sgd with lr 0.1, float(l.sum()) and the accuracy pulled out of
 every minibatch into a Python Accumulator. Each image goes PIL -> ToTensor -> collate, every epoch.
 
-Ours (bench.studies.training): the dataset decoded once (bench.studies.training.data, cached), flattened and scaled once into one
-tensor on the device, minibatches index_select-ed from it, the loss sums kept on the device until the end
-of the epoch. Same recipe, same variant (naive), same epochs: the two test accuracies should agree to
+Ours (bench.studies.training): the dataset decoded once (bench.studies.training.data, cached), flattened and
+scaled once into one tensor on the device, minibatches index_select-ed from it, the loss sums kept on the
+device until the end of the epoch. Same recipe, same variant (naive), same epochs: the two test accuracies should agree to
 within seed noise (~0.01), and ours should be at least 20x faster.
 
 The torchvision side reads uncompressed IDX files under <root>/FashionMNIST/raw; they are written into a
@@ -42,6 +42,63 @@ def write_idx_folder(ds: FashionMNIST, root: Path) -> None:
     write_idx(ds, root / "FashionMNIST" / "raw")
 
 
+# --- the chapter's code, nearly verbatim (d2l's softmax regression from scratch) ---------------------------
+
+def softmax(X):
+    X_exp = torch.exp(X)
+    partition = X_exp.sum(1, keepdim=True)
+    return X_exp / partition
+
+
+def cross_entropy(y_hat, y):
+    return -torch.log(y_hat[range(len(y_hat)), y])
+
+
+class Accumulator:
+    def __init__(self, n):
+        self.data = [0.0] * n
+
+    def add(self, *args):
+        self.data = [a + float(b) for a, b in zip(self.data, args)]  # noqa: B905 (the chapter's code)
+
+    def __getitem__(self, idx):
+        return self.data[idx]
+
+
+def accuracy(y_hat, y):
+    if len(y_hat.shape) > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(axis=1)
+    cmp = y_hat.type(y.dtype) == y
+    return float(cmp.type(y.dtype).sum())
+
+
+def evaluate_accuracy(net, data_iter):
+    metric = Accumulator(2)
+    with torch.no_grad():
+        for X, y in data_iter:
+            metric.add(accuracy(net(X), y), y.numel())
+    return metric[0] / metric[1]
+
+
+def sgd(params, lr, batch_size):
+    with torch.no_grad():
+        for param in params:
+            param -= lr * param.grad / batch_size
+            param.grad.zero_()
+
+
+def train_epoch_ch3(net, train_iter, loss, updater):
+    metric = Accumulator(3)
+    for X, y in train_iter:
+        y_hat = net(X)
+        l = loss(y_hat, y)  # noqa: E741 (the chapter's name)
+        l.sum().backward()
+        updater(X.shape[0])
+        metric.add(float(l.sum()), accuracy(y_hat, y), y.numel())
+    return metric[0] / metric[2], metric[1] / metric[2]
+
+
+
 def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[float, float, float]:
     """The chapter's code, nearly verbatim. Returns (train loss, train acc, test acc) of the last epoch."""
     try:
@@ -65,55 +122,8 @@ def chapter_pipeline(root: Path, epochs: int, seed: int, log=print) -> tuple[flo
     W = torch.normal(0, 0.01, size=(num_inputs, num_outputs), requires_grad=True)
     b = torch.zeros(num_outputs, requires_grad=True)
 
-    def softmax(X):
-        X_exp = torch.exp(X)
-        partition = X_exp.sum(1, keepdim=True)
-        return X_exp / partition
-
     def net(X):
         return softmax(torch.matmul(X.reshape((-1, W.shape[0])), W) + b)
-
-    def cross_entropy(y_hat, y):
-        return -torch.log(y_hat[range(len(y_hat)), y])
-
-    class Accumulator:
-        def __init__(self, n):
-            self.data = [0.0] * n
-
-        def add(self, *args):
-            self.data = [a + float(b) for a, b in zip(self.data, args)]  # noqa: B905 (the chapter's code)
-
-        def __getitem__(self, idx):
-            return self.data[idx]
-
-    def accuracy(y_hat, y):
-        if len(y_hat.shape) > 1 and y_hat.shape[1] > 1:
-            y_hat = y_hat.argmax(axis=1)
-        cmp = y_hat.type(y.dtype) == y
-        return float(cmp.type(y.dtype).sum())
-
-    def evaluate_accuracy(net, data_iter):
-        metric = Accumulator(2)
-        with torch.no_grad():
-            for X, y in data_iter:
-                metric.add(accuracy(net(X), y), y.numel())
-        return metric[0] / metric[1]
-
-    def sgd(params, lr, batch_size):
-        with torch.no_grad():
-            for param in params:
-                param -= lr * param.grad / batch_size
-                param.grad.zero_()
-
-    def train_epoch_ch3(net, train_iter, loss, updater):
-        metric = Accumulator(3)
-        for X, y in train_iter:
-            y_hat = net(X)
-            l = loss(y_hat, y)  # noqa: E741 (the chapter's name)
-            l.sum().backward()
-            updater(X.shape[0])
-            metric.add(float(l.sum()), accuracy(y_hat, y), y.numel())
-        return metric[0] / metric[2], metric[1] / metric[2]
 
     lr = 0.1
     for epoch in range(epochs):

@@ -61,20 +61,8 @@ def _evaluate(variant: Variant, op: str, x: torch.Tensor, target: torch.Tensor) 
     return out.detach().to("cpu", torch.float64).numpy()
 
 
-def judge(op: str, out: np.ndarray, ref: Reference, target: np.ndarray, lim: Limits,
-            tolerance_u: float) -> OpResult:
-    """Metrics and verdict of one op's output against the reference (the rules are in the module docstring)."""
-    if op == "softmax":
-        hi, lo = ref.p_hi, ref.p_lo
-    elif op == "log_softmax":
-        hi, lo = ref.logp_hi, ref.logp_lo
-    elif op == "cross_entropy":
-        hi, lo = ref.loss_hi, ref.loss_lo
-    else:
-        hi, lo = ref.grad_hi, ref.grad_lo
-    if out.shape != hi.shape:
-        return OpResult(op, {}, False, "error", f"output shape {list(out.shape)}, expected {list(hi.shape)}")
-    u = lim.u
+def _special_values(op: str, out: np.ndarray, hi: np.ndarray, ref: Reference) -> tuple[np.ndarray, np.ndarray]:
+    """(where the output's nan/inf/masked zeros disagree with the reference, where both are comparable)."""
     ref_nan, out_nan = np.isnan(hi), np.isnan(out)
     ref_inf = np.isinf(hi)
     with np.errstate(invalid="ignore"):
@@ -87,34 +75,56 @@ def judge(op: str, out: np.ndarray, ref: Reference, target: np.ndarray, lim: Lim
     comparable = np.isfinite(hi) & np.isfinite(out)
     if masked is not None:
         comparable &= ~masked
+    return bad, comparable
+
+
+def _scaled_error(op: str, err: np.ndarray, hi: np.ndarray, ref: Reference, target: np.ndarray,
+                  comparable: np.ndarray, lim: Limits, rel_u: float) -> float:
+    """The error the tolerance applies to, in units of u: relative for log-probabilities and losses, scaled
+    by p (1 + |ln p|) for probabilities and gradients (plus the one-hot at the target for gradients)."""
+    if op not in ("softmax", "ce_grad"):
+        return rel_u
+    cap = lim.normal - math.log(lim.u)  # |ln p| of the smallest subnormal: beyond it p is 0 anyway
+    p = ref.p_hi[comparable]
+    scale = np.maximum(p, lim.tiny) * (1.0 + np.minimum(np.abs(ref.logp_hi[comparable]), cap))
+    if op == "ce_grad":
+        onehot = np.zeros_like(hi, dtype=bool)
+        onehot[np.arange(hi.shape[0]), target] = True
+        scale = scale + onehot[comparable]
+    return float((err / scale / lim.u).max()) if err.size else 0.0
+
+
+def _normalisation(out: np.ndarray, ref: Reference, lim: Limits) -> dict[str, float]:
+    """softmax only: sum_err (max |sum p - 1|) and kl (the generalized KL against the reference)."""
+    rows = ~ref.undefined
+    o = out[rows]
+    sums = np.array([math.fsum(r) for r in o]) if lim.u < 1e-10 else o.sum(axis=1)
+    pr, lr = ref.p_hi[rows], ref.logp_hi[rows]
+    # the generalized KL, sum p log(p/q) - p + q: >= 0 term by term even for an unnormalized output q,
+    # so rounding never makes it negative; it equals KL(p || q) when q sums to 1
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        terms = np.where(pr > 0, pr * (lr - np.log(o)) - pr + o, o)
+    return {"sum_err": float(np.abs(sums - 1.0).max()) if o.size else 0.0,
+            "kl": float(terms.sum(axis=1).max()) if o.size else 0.0}
+
+
+def judge(op: str, out: np.ndarray, ref: Reference, target: np.ndarray, lim: Limits,
+          tolerance_u: float) -> OpResult:
+    """Metrics and verdict of one op's output against the reference (the rules are in the package docstring)."""
+    hi, lo = {"softmax": (ref.p_hi, ref.p_lo), "log_softmax": (ref.logp_hi, ref.logp_lo),
+              "cross_entropy": (ref.loss_hi, ref.loss_lo)}.get(op, (ref.grad_hi, ref.grad_lo))
+    if out.shape != hi.shape:
+        return OpResult(op, {}, False, "error", f"output shape {list(out.shape)}, expected {list(hi.shape)}")
+    bad, comparable = _special_values(op, out, hi, ref)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs((out - hi) - lo)[comparable]
     href = np.abs(hi[comparable])
     metrics = {"nonfinite": float(np.count_nonzero(~np.isfinite(out))),
-               "max_rel_err_u": float((err / np.maximum(href, lim.tiny) / u).max()) if err.size else 0.0,
+               "max_rel_err_u": float((err / np.maximum(href, lim.tiny) / lim.u).max()) if err.size else 0.0,
                "max_abs_err": float(err.max()) if err.size else 0.0}
-    if op in ("softmax", "ce_grad"):
-        cap = lim.normal - math.log(u)  # |ln p| of the smallest subnormal: beyond it p is 0 anyway
-        p = ref.p_hi[comparable]
-        scale = np.maximum(p, lim.tiny) * (1.0 + np.minimum(np.abs(ref.logp_hi[comparable]), cap))
-        if op == "ce_grad":
-            onehot = np.zeros_like(hi, dtype=bool)
-            onehot[np.arange(hi.shape[0]), target] = True
-            scale = scale + onehot[comparable]
-        scaled = float((err / scale / u).max()) if err.size else 0.0
-    else:
-        scaled = metrics["max_rel_err_u"]
+    scaled = _scaled_error(op, err, hi, ref, target, comparable, lim, metrics["max_rel_err_u"])
     if op == "softmax":
-        rows = ~ref.undefined
-        o = out[rows]
-        sums = np.array([math.fsum(r) for r in o]) if lim.u < 1e-10 else o.sum(axis=1)
-        metrics["sum_err"] = float(np.abs(sums - 1.0).max()) if o.size else 0.0
-        pr, lr = ref.p_hi[rows], ref.logp_hi[rows]
-        # the generalized KL, sum p log(p/q) - p + q: >= 0 term by term even for an unnormalized output q,
-        # so rounding never makes it negative; it equals KL(p || q) when q sums to 1
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            terms = np.where(pr > 0, pr * (lr - np.log(o)) - pr + o, o)
-        metrics["kl"] = float(terms.sum(axis=1).max()) if o.size else 0.0
+        metrics.update(_normalisation(out, ref, lim))
     n_bad = int(np.count_nonzero(bad))
     passed = n_bad == 0 and scaled <= tolerance_u
     message = ""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 class StabilityPreset:
     """One stability sweep: which row lengths each family is measured at, how many rows, which seed.
 
-    The families and their swept parameters (shifts past each dtype's exp limits) live in bench/studies/stability/families.py,
-    derived from the dtype's own limits; a preset only picks how much of it to run.
+    The families and their swept parameters (shifts past each dtype's exp limits) live in
+    bench/studies/stability/families.py, derived from the dtype's own limits; a preset only picks how much of it to run.
     """
 
     name: str
