@@ -10,8 +10,8 @@ every minibatch into a Python Accumulator. Each image goes PIL -> ToTensor -> co
 
 Ours (bench.studies.training): the dataset decoded once (bench.studies.training.data, cached), flattened and
 scaled once into one tensor on the device, minibatches index_select-ed from it, the loss sums kept on the
-device until the end of the epoch. Same recipe, same variant (naive), same epochs: the two test accuracies should agree to
-within seed noise (~0.01), and ours should be at least 20x faster.
+device until the end of the epoch. Same recipe, same variant (naive), same epochs: the two test accuracies
+should agree to within seed noise (~0.01), and ours should be at least 20x faster.
 
 The torchvision side reads uncompressed IDX files under <root>/FashionMNIST/raw; they are written into a
 temporary folder from the validated tensors, so both sides train on the same bytes.
