@@ -50,10 +50,9 @@ class ThroughputPreset:
 _TP_OPS = THROUGHPUT_OPS
 _TP_CHAPTER = ((256, 10), (60000, 10))  # the chapter's minibatch and whole training set, 10 classes
 _TP_NARROW = (65536, 10)  # the narrow-row figure: 10 classes, a power-of-two batch
-# ~0.02-2 s calls on this CPU. Up to six warm-up calls (at most 2 s of them): the first calls at 512 MB
-# page-fault while glibc's heap grows to hold the outputs (torch's CE step ran 2.07 s, then 0.64 s once warm,
-# and native's softmax at 1024x131072 took 143 ms a call after two warm-ups but 21 ms after six), and a
-# training loop's steady state is the warm heap.
+# Calls of tens of milliseconds to seconds. Up to six warm-up calls (at most 2 s of them): the first calls at
+# 512 MB page-fault while glibc's heap grows to hold the outputs (several times slower than once warm, and
+# two warm-ups are not always enough), and a training loop's steady state is the warm heap.
 _TP_BIG_TIMER = TimerBudget(warmup=6, warmup_s=2.0, min_reps=3, budget_s=0.3)
 _TP_QUICK_TIMER = TimerBudget(budget_s=0.05)
 _TP_GPU_WIDE = ((4096, 4096), (4096, 32768), (1024, 131072), (4096, 262144))

@@ -76,12 +76,12 @@ class _Sweep(UnitRows):
         return time_call(fn, self.device, timer, flush_l2=self.flush_l2, graph=self.cuda_graph)
 
     def copy_bandwidth(self, u: Unit) -> tuple[float | None, str, str]:
-        """(GB/s, status, message) of the best copy (:meth:`copies`) of one input-sized buffer, measured just
-        before the unit.
+        """(GB/s, status, message) of the best copy (bench.measure.roofline.copies) of one input-sized buffer,
+        measured just before the unit.
 
         Measured again for every unit, not once per shape: on a shared machine the memory bandwidth drifts
-        by 2x over minutes (a 64 MB copy ran at 21 to 59 GB/s here), and a roofline taken ten units earlier
-        then says more about the neighbours than about the variant. DRAM-sized CPU units go further and
+        over minutes, and a roofline taken ten units earlier then says more about the neighbours than about
+        the variant. DRAM-sized CPU units go further and
         sample the copies in turns with the variant (:meth:`time_beside_copies`).
         """
         try:
