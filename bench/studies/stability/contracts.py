@@ -153,3 +153,4 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"{variant.name} on {device} against its contract (preset {preset.name!r}, tolerance "
           f"{variant.contract.ordinary_tolerance_ulps:g} u):")
     print(format_check(lines))
+    return 0 if all(ln.ok for ln in lines) else 1
