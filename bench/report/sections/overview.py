@@ -43,7 +43,7 @@ def add(doc: Doc, bundle: Bundle, out: Path, palette: dict[str, Any]) -> None:
     """The opening paragraph, the machines and commands, and what is missing or damaged."""
     doc.p("Softmax and cross-entropy variants measured three ways: throughput against the device's own copy "
           "bandwidth, numerical stability against a high-precision reference, and final accuracy of the d2l "
-          "chapter's softmax regression on Fashion-MNIS Every number below is read from the stored rows of "
+          "chapter's softmax regression on Fashion-MNIST. Every number below is read from the stored rows of "
           "the run folders listed here; the tidy rows themselves are in `data/` (gzipped CSV).")
 
     doc.h("Machines and versions")
