@@ -15,6 +15,8 @@ from typing import Any
 # a schema-1 run is converted on read (bench.store.run), from the copy_gbps rows' messages.
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
+# Every status a row can hold: ok, or why it holds no measurement (the report explains each of the others).
+STATUSES = ("ok", "wrong", "timeout", "oom", "error", "skipped")
 # The builtin every variant's speed is compared against (speedup_vs_torch, the report, the targets).
 BASELINE = "torch"
 # The throughput ops, in the order every table and summary lists them (bench.studies.throughput.ops).

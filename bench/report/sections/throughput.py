@@ -20,6 +20,7 @@ from bench.report.bundle import (
 )
 from bench.report.render import Doc
 from bench.report.sections import ordered, slug
+from bench.store.rows import STATUSES
 from bench.store.targets import target_lines
 
 STATUS_MEANING = {
@@ -29,6 +30,7 @@ STATUS_MEANING = {
     "error": "raised an error",
     "skipped": "not run here",
 }
+assert tuple(STATUS_MEANING) == STATUSES[1:], "every status a row can hold (bench.store.rows) is explained"
 # Findings about the variant first: a wrong output or a timeout matters more than a machine's limits.
 _STATUS_ORDER = {s: i for i, s in enumerate(STATUS_MEANING)}
 
