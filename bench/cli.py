@@ -10,9 +10,10 @@
     softmax-bench all [--quick]              the whole study into one run folder, then its report
     softmax-bench recover RUN [--add FILE]   rebuild a lost run.json; put back rows a full disk refused
 
-Each study command lives in its own module, which provides ``add_arguments_<cmd>(parser)`` and
-``run_<cmd>(args) -> int``; this file only wires them. A UserError anywhere becomes one clear paragraph
-on stderr and exit status 2. Ctrl-C (exit 130) and SIGTERM (exit 143) stop a study the same way: every row
+:data:`COMMANDS` is the table of commands: each entry names the functions that add its options and run it
+(each study's command module satisfies bench.studies.Study); this file only wires them. A UserError anywhere
+becomes one clear paragraph on stderr and exit status 2. Ctrl-C (exit 130) and SIGTERM (exit 143) stop a study
+the same way: every row
 written so far stays in the run folder, and the message says how to complete it.
 """
 
@@ -21,28 +22,86 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import importlib
+import functools
 import os
 import signal
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from bench import UserError
 from softmax_impls import UnknownVariantError
 
-# command -> (module, help). The module defines add_arguments_<command> and run_<command>.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("bench.cli", "list the registered variants and any plugin that failed to import"),
-    "train": ("bench.training", "train the chapter's softmax regression on Fashion-MNIST"),
-    "throughput": ("bench.throughput", "time every variant against the device's copy bandwidth"),
-    "stability": ("bench.stability", "overflow/underflow/accuracy against a high-precision reference"),
-    "check": ("bench.stability", "check one variant against its stability contract; non-zero on breach"),
-    "report": ("bench.report", "render run folders into a report under reports/"),
-    "compare": ("bench.compare", "compare two runs; non-zero on a regression"),
-    "all": ("bench.study", "run the whole study into one run folder and render its report"),
-    "recover": ("bench.cli", "rebuild a lost or damaged run.json from a run's tables; put back rows a full "
-                             "disk refused"),
+Handlers = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its help line, and `load()` -> (add_arguments, run). The import sits inside `load` so a
+    study that fails to import (a SyntaxError in a plugin's dependency) costs its own command, not the tool."""
+
+    help: str
+    load: Callable[[], Handlers]
+
+
+def _list() -> Handlers:
+    return add_arguments_list, run_list
+
+
+def _recover() -> Handlers:
+    return add_arguments_recover, run_recover
+
+
+def _train() -> Handlers:
+    from bench.studies.training import command
+    return command.add_arguments, command.run
+
+
+def _throughput() -> Handlers:
+    from bench.studies.throughput import command
+    return command.add_arguments, command.run
+
+
+def _stability() -> Handlers:
+    from bench.studies.stability import command
+    return command.add_arguments, command.run
+
+
+def _check() -> Handlers:
+    from bench.studies.stability.contracts import add_arguments_check, run_check
+    return add_arguments_check, run_check
+
+
+def _report() -> Handlers:
+    from bench.report.build import add_arguments_report, run_report
+    return add_arguments_report, run_report
+
+
+def _compare() -> Handlers:
+    from bench.report.compare import add_arguments_compare, run_compare
+    return add_arguments_compare, run_compare
+
+
+def _all() -> Handlers:
+    # the one place a study and the report meet: `all` renders what it measured, and a study never imports
+    # the report, so the report's entry points are handed in here
+    from bench.report.build import previous_report_files, render
+    from bench.studies.all import Report, add_arguments_all, run_all
+    return add_arguments_all, functools.partial(run_all, report=Report(previous_report_files, render))
+
+
+COMMANDS: dict[str, Command] = {
+    "list": Command("list the registered variants and any plugin that failed to import", _list),
+    "train": Command("train the chapter's softmax regression on Fashion-MNIST", _train),
+    "throughput": Command("time every variant against the device's copy bandwidth", _throughput),
+    "stability": Command("overflow/underflow/accuracy against a high-precision reference", _stability),
+    "check": Command("check one variant against its stability contract; non-zero on breach", _check),
+    "report": Command("render run folders into a report under reports/", _report),
+    "compare": Command("compare two runs; non-zero on a regression", _compare),
+    "all": Command("run the whole study into one run folder and render its report", _all),
+    "recover": Command("rebuild a lost or damaged run.json from a run's tables; put back rows a full disk refused",
+                       _recover),
 }
 
 
@@ -72,7 +131,7 @@ def add_arguments_recover(parser: argparse.ArgumentParser) -> None:
 
 def run_recover(args: argparse.Namespace) -> int:
     """Rebuild run.json from the tables when it is lost, damaged or incomplete, and append --add files."""
-    from bench.results import recover
+    from bench.store.recover import recover
 
     for line in recover(args.run, args.add):
         print(line)
@@ -87,21 +146,21 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handlers | Exception]]:
     parser = argparse.ArgumentParser(prog="softmax-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules: dict[str, object] = {}
-    for command, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(command, help=help_text, description=help_text)
+    handlers: dict[str, Handlers | Exception] = {}
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
         try:
-            module = importlib.import_module(module_name)
-            getattr(module, f"add_arguments_{command}")(p)
-            modules[command] = module
+            add_arguments, run = command.load()
+            add_arguments(p)
+            handlers[name] = (add_arguments, run)
         except Exception as exc:  # noqa: BLE001 - a SyntaxError in one study must not hide the others
             # One missing study must not take the whole tool down; the command reports why when used.
-            modules[command] = exc
-    return parser, modules
+            handlers[name] = exc
+    return parser, handlers
 
 
 class Terminated(KeyboardInterrupt):
@@ -152,15 +211,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str] | None) -> int:
-    parser, modules = build_parser()
+    parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    module = modules[args.command]
-    if isinstance(module, Exception):
-        return fail(f"the '{args.command}' command is not available in this installation: {module}")
-    return int(getattr(module, f"run_{args.command}")(args) or 0)
+    handler = handlers[args.command]
+    if isinstance(handler, Exception):
+        return fail(f"the '{args.command}' command is not available in this installation: {handler}")
+    return int(handler[1](args) or 0)
 
 
 if __name__ == "__main__":

@@ -54,15 +54,17 @@ def log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def each(iterable: Iterable[T], desc: str, total: int | None = None, describe=str) -> Iterator[T]:
-    """Iterate with a bar on a terminal, or one log line per item otherwise; `describe(item)` names it."""
+def each(iterable: Iterable[T], desc: str, total: int | None = None, describe=str,
+         log_lines: int | None = None) -> Iterator[T]:
+    """Iterate with a bar on a terminal, or log lines otherwise; `describe(item)` names it. Off a terminal,
+    one line per item, or with `log_lines` about that many in all (the first, every n-th and the last)."""
     items = list(iterable) if total is None else iterable
     n = len(items) if total is None else total
+    step = 1 if log_lines is None else max(1, n // log_lines)
     progress = bar(items, desc=desc, total=n)
     for i, item in enumerate(progress, 1):
-        label = describe(item)
         if interactive():
-            progress.set_postfix_str(label, refresh=True)  # show the item now being measured, not the last one
-        else:
-            log(f"[{desc} {i}/{n}] {label}")
+            progress.set_postfix_str(describe(item), refresh=True)  # the item now being measured, not the last
+        elif step == 1 or i == 1 or i % step == 0 or i == n:
+            log(f"[{desc} {i}/{n}] {describe(item)}")
         yield item

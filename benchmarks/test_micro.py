@@ -5,7 +5,7 @@
     .venv/bin/pytest-benchmark compare 0001 0002 --group-by=group --columns=median,iqr
 
 Not part of `make test` (pytest's testpaths is tests/). The closures are the ones `softmax-bench throughput`
-times (bench.throughput.OPS), inputs built outside the timed call; each benchmark records the op's
+times (bench.studies.throughput.ops.OPS), inputs built outside the timed call; each benchmark records the op's
 minimal bytes and its effective GB/s in extra_info, so a saved JSON reads like a throughput row.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.throughput import OPS
+from bench.studies.throughput.ops import OPS
 
 CPU = torch.device("cpu")
 SHAPES = [(256, 10), (1024, 4096)]  # the chapter's minibatch; a 16 MB block that leaves the L2

@@ -3,7 +3,7 @@
 Every number is measured here, on this machine, in a fraction of a second: torch's and the variants'
 softmax timed with perf_counter against a same-size copy, stability errors of the real variants against a
 float64 reference, overflow thresholds found by bisection, and the chapter's training for one epoch on real
-Fashion-MNIST (bench.training). Rows are written with Run.append in the schema the studies use.
+Fashion-MNIST (bench.studies.training). Rows are written with Run.append in the schema the studies use.
 
 A "regression" is made real too: `swap` runs one variant's code under another's name (e.g. the chapter's
 naive softmax shipped as `logsumexp`), and `slow` makes a variant do its work eight times (big enough
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import softmax_impls
-from bench.results import Run, StabilityRow, ThresholdRow, ThroughputRow
+from bench.store.rows import StabilityRow, ThresholdRow, ThroughputRow
+from bench.store.run import Run
 
 SHAPES = ((256, 10), (1024, 1024))
 DTYPES_ST = (torch.float32, torch.float16)
@@ -58,7 +59,7 @@ def variants(swap: dict[str, str] | None = None, slow: tuple[str, ...] = ()) -> 
 
 
 def throughput_rows(vs: list[softmax_impls.Variant], shapes=SHAPES) -> list[ThroughputRow]:
-    # One torch thread, as bench.throughput.choose_threads picks on a busy machine: with both cores' OpenMP
+    # One torch thread, as bench.measure.host.choose_threads picks on a busy machine: with both cores' OpenMP
     # threads, a descheduled thread stalls every parallel region for 4-16 ms, which once made the *base* run's
     # logsumexp 30x slow on a shared CI machine, so the eight-fold slowdown of `slow` no longer stood out.
     previous = torch.get_num_threads()
@@ -166,7 +167,7 @@ def threshold_rows(vs: list[softmax_impls.Variant]) -> list[ThresholdRow]:
 
 def small_dataset():
     """Real Fashion-MNIST, the first 6000 training images (the whole test set stays): a 1-epoch run in ~1 s."""
-    from bench import data
+    from bench.studies.training import data
 
     ds = data.load()
     return dataclasses.replace(ds, train_images=ds.train_images[:6000], train_labels=ds.train_labels[:6000])
@@ -182,7 +183,7 @@ def make_run(root: Path, vs: list[softmax_impls.Variant], *, train: bool = True,
         run.append(*stability_rows(vs))
         run.append(*threshold_rows(vs))
     if "training" in parts and train:
-        from bench.training import train_into
+        from bench.studies.training.sweep import train_into
 
         train_into(run, vs, ["standard", "raw-pixels"], torch.device("cpu"), seed=0, epochs=epochs,
                    dataset=dataset)

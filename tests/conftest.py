@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import data
+from bench.studies.training import data
 
 
 @pytest.fixture(scope="session")

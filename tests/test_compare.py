@@ -19,10 +19,12 @@ import torch
 import softmax_impls
 from bench import UserError
 from bench.cli import main
-from bench.compare import fast_end, mann_whitney_greater, midranks, parse_threshold
-from bench.presets import SweepBlock, ThroughputPreset, TimerBudget
-from bench.results import Run
-from bench.throughput import throughput_into
+from bench.measure.timer import TimerBudget
+from bench.report.compare import parse_threshold
+from bench.report.stats import fast_end, mann_whitney_greater, midranks
+from bench.store.run import Run
+from bench.studies.throughput.presets import SweepBlock, ThroughputPreset
+from bench.studies.throughput.sweep import throughput_into
 
 CPU = torch.device("cpu")
 # four points a variant (the gate needs more than half of a variant's points to call it slower), ~1 s a run
@@ -51,7 +53,7 @@ def _lines(out: str, variant: str) -> list[str]:
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("base")
     run = R.make_run(root, R.variants(), parts=("throughput", "stability"))
-    from bench.training import train_into
+    from bench.studies.training.sweep import train_into
 
     train_into(run, [v for v in R.variants() if v.name == "logsumexp"], ["standard", "raw-pixels"], CPU, epochs=1,
                dataset=R.small_dataset())
@@ -213,7 +215,7 @@ def test_every_subset_of_a_study_compares(kind: str, tmp_path: Path, capsys):
         r = R.make_run(tmp_path, [v for v in R.variants() if v.name in ("torch", "naive")],
                        parts=(kind,) if kind == "stability" else ())
         if kind == "training":
-            from bench.training import train_into
+            from bench.studies.training.sweep import train_into
 
             train_into(r, [softmax_impls.get("naive")], ["standard"], CPU, epochs=1, dataset=R.small_dataset())
         return r.path
@@ -233,7 +235,7 @@ def test_old_runs_without_samples_are_judged_on_quantiles(base: Path, tmp_path: 
 
 
 def test_newly_failed_family_and_divergence_fail(base: Path, tmp_path: Path, capsys):
-    from bench.training import train_into
+    from bench.studies.training.sweep import train_into
 
     swapped = R.variants(swap={"logsumexp": "naive"})
     run = R.make_run(tmp_path, swapped, parts=("stability",))

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.presets import STABILITY_PRESETS, StabilityPreset
-from bench.stability import check_variants, format_check
+from bench.studies.stability.contracts import check_variants, format_check
+from bench.studies.stability.presets import STABILITY_PRESETS, StabilityPreset
 from softmax_impls.contract import ALL_DTYPES, Contract
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""bench.data on the real Fashion-MNIST: what it loads, where it looks, the cache, and corrupt files.
+"""bench.studies.training.data on the real Fashion-MNIST: what it loads, where it looks, the cache, and corrupt files.
 
 Corrupt copies are the real files written into tmp_path with one of them damaged, never synthetic data.
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import UserError, data
+from bench import UserError
 from bench.cli import main as cli_main
+from bench.studies.training import data
 
 
 def test_real_dataset_counts_shapes_and_labels(fashion: data.FashionMNIST) -> None:
@@ -245,8 +246,8 @@ def test_describe_names_the_copy_and_its_sha256(good_plain: dict[str, Path], fas
         assert described["files"][name] == {"file": name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     # training records the copy it trained on in run.json (here a 256-image subset of the real one)
-    from bench.results import Run
-    from bench.training import train_into
+    from bench.store.run import Run
+    from bench.studies.training.sweep import train_into
     from softmax_impls import get
 
     run = Run.create(tmp_path / "runs", ["softmax-bench", "train"], {})

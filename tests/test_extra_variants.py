@@ -229,7 +229,7 @@ def test_narrow_compiled_and_eager_paths_agree_with_float64(monkeypatch: pytest.
 def test_compiled_kernels_peak_memory_is_observed_from_outside() -> None:
     # The harness watches malloc from a second thread instead of hooking ops, so compiled kernels (narrow,
     # compiled), whose buffers no op-level hook sees, are measured as they run in the timed region.
-    from bench.timing import cpu_memory_unsupported, peak_memory
+    from bench.measure.memory import cpu_memory_unsupported, peak_memory
 
     if cpu_memory_unsupported():
         pytest.skip(cpu_memory_unsupported())

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.presets import FULL, QUICK, THROUGHPUT_PRESETS, TimerBudget
-from bench.throughput import Unit, estimate_seconds, plan
+from bench.measure.timer import TimerBudget
+from bench.studies.throughput.plan import Unit, estimate_seconds, plan
+from bench.studies.throughput.presets import FULL, QUICK, THROUGHPUT_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ["onnxruntime", "jax", "liger", "quack"]  # counted in the GPU estimates even where not installed

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.devices import dtype_name
+from bench.measure.host import dtype_name
 from softmax_impls.peers import jax_xla, liger, ort, quack_cute
 
 PEERS = {"onnxruntime": ort, "jax": jax_xla, "liger": liger, "quack": quack_cute}
@@ -219,8 +219,8 @@ def test_jax_exchanges_tensors_without_copies() -> None:
 
 
 def test_throughput_validation_accepts_the_peers() -> None:
-    """bench/validate.py checks every throughput output against float64 before timing it."""
-    from bench.validate import check_output
+    """bench/studies/throughput/validate.py checks every throughput output against float64 before timing it."""
+    from bench.studies.throughput.validate import check_output
 
     for name in ("onnxruntime", "jax"):
         variant = _runnable(name, CPU, torch.float32)

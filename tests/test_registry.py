@@ -18,7 +18,7 @@ import torch
 import softmax_impls
 from bench import UserError
 from bench.cli import main as cli_main
-from bench.harness import select_variants
+from bench.studies.common import select_variants
 
 CHAPTER = ["logsumexp", "max_subtracted", "naive", "torch"]
 
@@ -122,8 +122,8 @@ def test_a_plugin_trains_with_the_harness(plugins: Path, tmp_path: Path, capsys:
     """Every variant by default: the broken plugins are announced and left out, the good one trains."""
     import dataclasses
 
-    from bench import training
-    from bench.results import Run
+    from bench.store.run import Run
+    from bench.studies.training import sweep as training
 
     chosen = select_variants(None)
     assert "fake_good" in [v.name for v in chosen] and "fake_broken" not in [v.name for v in chosen]

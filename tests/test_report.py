@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.report import render
+from bench.report.build import render
 
 VARIANTS = ("naive", "max_subtracted", "logsumexp", "torch")
 
@@ -56,7 +56,8 @@ def test_report_files_images_and_tables(report: Path):
         assert v in _section(md, "Throughput") and v in _section(md, "Stability") and v in _section(md, "Training")
     assert "% roofline" in verdict and "× torch" in verdict and "overflow float32" in verdict
     # readings come from the numbers: naive diverges under raw pixels and fails the translation family
-    naive_row = next(line for line in verdict.splitlines() if line.startswith("| naive |"))
+    # the verdict's narrow tables (speed, stability, training), one row per variant in each
+    naive_row = " ".join(line for line in verdict.splitlines() if line.startswith("| naive |"))
     assert "raw-pixels" in naive_row and "translation" in naive_row
     assert "torch passes all" in md and "naive fails" in md
     assert "diverged to a non-finite loss: " in md
@@ -135,9 +136,10 @@ def test_roofline_paragraph_says_which_copy_the_runs_measured(base_run: Path, tm
     # base_run's rows hold copy_ alone (as runs made before the streaming copy do): the report warns that a
     # streaming kernel can pass 100%. A real sweep now writes both copies into every CPU copy_gbps row.
     import softmax_impls
-    from bench.presets import SweepBlock, ThroughputPreset, TimerBudget
-    from bench.results import Run
-    from bench.throughput import throughput_into
+    from bench.measure.timer import TimerBudget
+    from bench.store.run import Run
+    from bench.studies.throughput.presets import SweepBlock, ThroughputPreset
+    from bench.studies.throughput.sweep import throughput_into
 
     old = _section(render([_copy(base_run, tmp_path / "old", ("throughput",))], tmp_path / "r_old").read_text(),
                    "Throughput")

@@ -1,4 +1,4 @@
-"""bench.results: the run folder - append as measured, read back typed, survive a truncated last line,
+"""bench.store: the run folder - append as measured, read back typed, survive a truncated last line,
 resume keys, and clear messages for folders written by another schema.
 
     .venv/bin/pytest -q tests/test_results.py
@@ -12,7 +12,8 @@ import math
 import pytest
 
 from bench import UserError
-from bench.results import SCHEMA_VERSION, Run, StabilityRow, ThroughputRow, columns, key_of
+from bench.store.rows import SCHEMA_VERSION, StabilityRow, ThroughputRow, columns, key_of
+from bench.store.run import Run
 
 KEY = ("variant", "device", "dtype", "op", "rows", "cols", "metric")
 

@@ -11,21 +11,13 @@ import torch
 
 import softmax_impls
 from bench.cli import main
-from bench.families import FAMILIES, limits, round_to
-from bench.presets import StabilityPreset
-from bench.reference import reference
-from bench.results import Run
-from bench.stability import (
-    PROBES,
-    _bits,
-    _value,
-    compare,
-    format_summary,
-    measure,
-    probe,
-    stability_into,
-    threshold,
-)
+from bench.store.run import Run
+from bench.studies.stability.families import FAMILIES, limits, round_to
+from bench.studies.stability.judge import judge, measure
+from bench.studies.stability.presets import StabilityPreset
+from bench.studies.stability.reference import reference
+from bench.studies.stability.sweep import format_summary, stability_into
+from bench.studies.stability.thresholds import PROBES, _bits, _value, probe, threshold
 
 CPU = torch.device("cpu")
 SUM_FACTOR = math.log(sum(math.exp(-k) for k in range(10)))  # the probe [c, ..., c-9]: ln 1.582 = 0.4587
@@ -106,15 +98,15 @@ def test_a_hidden_nan_and_a_tiny_loss_rounded_to_zero_fail() -> None:
     x, t = np.array([[np.nan, 1.0, 2.0], [0.0, 1.0, 2.0]]), np.array([0, 2])
     ref = reference(x, t)
     good = ref.p_hi.copy()
-    assert compare("softmax", good, ref, t, lim, 64).passed
+    assert judge("softmax", good, ref, t, lim, 64).passed
     hidden = good.copy()
     hidden[0] = [0.0, 0.5, 0.5]  # a nan row returned as finite numbers
-    r = compare("softmax", hidden, ref, t, lim, 64)
+    r = judge("softmax", hidden, ref, t, lim, 64)
     assert not r.passed and "3 output(s) disagree" in r.message and r.metrics["nonfinite"] == 0
     x = round_to(np.array([[30.0] + [0.0] * 9]), torch.float32)
     ref = reference(x, np.array([0]))  # loss 9e^-30 = 8.4e-13, below float32's u
-    assert not compare("cross_entropy", np.array([0.0]), ref, np.array([0]), lim, 64).passed
-    assert compare("cross_entropy", np.array([ref.loss_hi[0] * (1 + 1e-7)]), ref, np.array([0]), lim, 64).passed
+    assert not judge("cross_entropy", np.array([0.0]), ref, np.array([0]), lim, 64).passed
+    assert judge("cross_entropy", np.array([ref.loss_hi[0] * (1 + 1e-7)]), ref, np.array([0]), lim, 64).passed
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -238,7 +230,7 @@ def test_cli_check_passes_for_torch_in_float32(capsys) -> None:
 def test_accurate_is_strictly_more_accurate_than_torch_where_torch_loses_digits(tmp_path) -> None:
     # issue 6: on the confident-correct and far-target families the stability rows show accurate's loss
     # error strictly below torch's (torch rounds a tiny loss to 0: an error of the whole loss)
-    from bench.stability import stability_into
+    from bench.studies.stability.sweep import stability_into
 
     run = Run.create(tmp_path)
     preset = StabilityPreset("t", "test", lengths=(10, 1000), long_lengths=(10,), rows=4,

@@ -1,4 +1,4 @@
-"""bench.throughput: byte formulas, the plan, oom/error/skipped rows from fake variants, the summary, the
+"""bench.studies.throughput: byte formulas, the plan, oom/error/skipped rows from fake variants, the summary, the
 command's user errors, and resume after a real interruption (a killed subprocess).
 
     .venv/bin/pytest -q tests/test_throughput.py
@@ -19,28 +19,15 @@ import torch
 
 import softmax_impls
 from bench.cli import main
-from bench.presets import (
-    THROUGHPUT_OPS,
-    THROUGHPUT_PRESETS,
-    RepeatCheck,
-    SweepBlock,
-    ThroughputPreset,
-    TimerBudget,
-)
-from bench.results import Run
-from bench.throughput import (
-    BYTE_FORMULAS,
-    METRICS,
-    OPS,
-    ROW_KEY,
-    UNIT_KEY,
-    busy_cores_of_other_jobs,
-    choose_threads,
-    expected_metrics,
-    plan,
-    summary_table,
-    throughput_into,
-)
+from bench.measure.host import busy_cores_of_other_jobs, choose_threads
+from bench.measure.timer import TimerBudget
+from bench.store.rows import THROUGHPUT_OPS
+from bench.store.run import Run
+from bench.studies.throughput.ops import BYTE_FORMULAS, METRICS, OPS, ROW_KEY, UNIT_KEY, expected_metrics
+from bench.studies.throughput.plan import plan
+from bench.studies.throughput.presets import THROUGHPUT_PRESETS, RepeatCheck, SweepBlock, ThroughputPreset
+from bench.studies.throughput.summary import summary_table
+from bench.studies.throughput.sweep import throughput_into
 from softmax_impls import Variant
 
 CPU = torch.device("cpu")
@@ -272,7 +259,7 @@ def test_thread_choice_and_restore(tmp_path, monkeypatch):
 
 
 def test_roofline_probe_times_every_piece_and_rejects_bad_options(capsys):
-    from bench import roofline_probe
+    from bench.tools import roofline_probe
 
     results = dict(roofline_probe.probe(64, 1000, ["naive"]))
     pieces = {"copy_", "exp", "exp2", "softmax", "naive"}
@@ -293,8 +280,7 @@ def _target_rows(points: list[tuple[str, str, str, int, int, str, float]]) -> pd
 
 
 def test_targets_say_met_not_met_and_not_measured_per_device() -> None:
-    from bench.presets import ThroughputTarget
-    from bench.targets import target_lines
+    from bench.store.targets import ThroughputTarget, target_lines
 
     roof = ThroughputTarget("roof", "cpu", ("softmax_fwd",), ("float32",), "roofline_frac", 0.9,
                             shapes=((4096, 4096), (1024, 131072)))

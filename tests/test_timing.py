@@ -1,4 +1,4 @@
-"""bench.timing: the statistics against hand-computed values, the CPU timer against a known busy-wait,
+"""bench.measure.timer: the statistics against hand-computed values, the CPU timer against a known busy-wait,
 peak memory against what the ops must allocate. CUDA tests run only where a GPU is present.
 
     .venv/bin/pytest -q tests/test_timing.py
@@ -14,11 +14,10 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.presets import TimerBudget
-from bench.timing import (
-    cpu_memory_unsupported,
+from bench.measure.memory import cpu_memory_unsupported, peak_memory
+from bench.measure.timer import (
+    TimerBudget,
     l2_cache_bytes,
-    peak_memory,
     quantile,
     summarize,
     time_cpu,

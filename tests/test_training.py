@@ -15,23 +15,24 @@ import pytest
 import torch
 
 import softmax_impls
-from bench import data, training
 from bench.cli import main as cli_main
-from bench.presets import FASHION_LABELS, NUM_PREDICTIONS, REGIMES
-from bench.results import Run
+from bench.store.rows import FASHION_LABELS
+from bench.store.run import Run
+from bench.studies.training import command, data, model, sweep
+from bench.studies.training.presets import NUM_PREDICTIONS, REGIMES
 from softmax_impls import Variant
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def standard_data(fashion: data.FashionMNIST) -> training.DeviceData:
-    return training.prepare(fashion, CPU, torch.float32, REGIMES["standard"].pixel_scale)
+def standard_data(fashion: data.FashionMNIST) -> model.DeviceData:
+    return model.prepare(fashion, CPU, torch.float32, REGIMES["standard"].pixel_scale)
 
 
 @pytest.fixture(scope="module")
-def raw_data(fashion: data.FashionMNIST) -> training.DeviceData:
-    return training.prepare(fashion, CPU, torch.float32, REGIMES["raw-pixels"].pixel_scale)
+def raw_data(fashion: data.FashionMNIST) -> model.DeviceData:
+    return model.prepare(fashion, CPU, torch.float32, REGIMES["raw-pixels"].pixel_scale)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,9 @@ def small(fashion: data.FashionMNIST) -> data.FashionMNIST:
                                train_labels=fashion.train_labels[:6000])
 
 
-def test_the_chapter_is_reproduced(standard_data: training.DeviceData, fashion: data.FashionMNIST) -> None:
+def test_the_chapter_is_reproduced(standard_data: model.DeviceData, fashion: data.FashionMNIST) -> None:
     """naive softmax, float32, lr 0.1, batch 256, 10 epochs: the chapter's asserts and the 0.82-0.86 band."""
-    r = training.train_one(softmax_impls.get("naive"), REGIMES["standard"], standard_data, CPU, torch.float32,
+    r = model.train_one(softmax_impls.get("naive"), REGIMES["standard"], standard_data, CPU, torch.float32,
                            seed=0, images=fashion.test_images[:NUM_PREDICTIONS])
     assert [h["epoch"] for h in r.history] == list(range(1, 11))
     assert r.train_loss < 0.5, r.history
@@ -61,11 +62,11 @@ def test_the_chapter_is_reproduced(standard_data: training.DeviceData, fashion: 
 
 
 @pytest.mark.parametrize("name", ["naive", "max_subtracted"])
-def test_raw_pixels_unstable_variants_diverge(name: str, raw_data: training.DeviceData) -> None:
+def test_raw_pixels_unstable_variants_diverge(name: str, raw_data: model.DeviceData) -> None:
     """Pixels 0-255 put logits in the hundreds at once: exp overflows (naive) or p[target] rounds to 0
     (max_subtracted), and the loss turns NaN. One epoch shows it: it happens in the first steps."""
     regime = dataclasses.replace(REGIMES["raw-pixels"], epochs=1)
-    r = training.train_one(softmax_impls.get(name), regime, raw_data, CPU, torch.float32, seed=0)
+    r = model.train_one(softmax_impls.get(name), regime, raw_data, CPU, torch.float32, seed=0)
     assert r.status == "ok"  # a diverged run is a result, not a crash
     assert r.diverged_step is not None and r.diverged_step <= 5
     assert math.isnan(r.train_loss)
@@ -74,19 +75,19 @@ def test_raw_pixels_unstable_variants_diverge(name: str, raw_data: training.Devi
 
 
 @pytest.mark.parametrize("name", ["logsumexp", "torch"])
-def test_raw_pixels_stable_variants_keep_training(name: str, raw_data: training.DeviceData) -> None:
+def test_raw_pixels_stable_variants_keep_training(name: str, raw_data: model.DeviceData) -> None:
     """The fused log-softmax keeps every loss finite: after the chapter's 10 epochs the model still
     classifies (test accuracy oscillates between ~0.6 and ~0.82 from epoch to epoch in this regime)."""
-    r = training.train_one(softmax_impls.get(name), REGIMES["raw-pixels"], raw_data, CPU, torch.float32, seed=0)
+    r = model.train_one(softmax_impls.get(name), REGIMES["raw-pixels"], raw_data, CPU, torch.float32, seed=0)
     assert r.diverged_step is None
     assert all(math.isfinite(h["train_loss"]) for h in r.history)
     assert len(r.history) == 10 and r.test_acc > 0.6, r.history
 
 
 def test_seed_makes_runs_repeatable(small: data.FashionMNIST) -> None:
-    d = training.prepare(small, CPU, torch.float32, REGIMES["standard"].pixel_scale)
+    d = model.prepare(small, CPU, torch.float32, REGIMES["standard"].pixel_scale)
     regime = dataclasses.replace(REGIMES["standard"], epochs=1)
-    a, b, c = (training.train_one(softmax_impls.get("torch"), regime, d, CPU, torch.float32, seed=s)
+    a, b, c = (model.train_one(softmax_impls.get("torch"), regime, d, CPU, torch.float32, seed=s)
                for s in (3, 3, 4))
     assert a.history == b.history and a.history != c.history
 
@@ -104,7 +105,7 @@ def test_train_into_writes_rows_resumes_and_survives_failures(tmp_path: Path, sm
     gpu_only = Variant("gpu_only", "declares CUDA only", base.softmax, base.cross_entropy, devices=("cuda",))
     variants = [softmax_impls.get("naive"), failing, gpu_only, softmax_impls.get("logsumexp")]
     run = Run.create(tmp_path, ["test"], {})
-    results = training.train_into(run, variants, ["standard"], CPU, seed=0, epochs=2, dataset=small)
+    results = sweep.train_into(run, variants, ["standard"], CPU, seed=0, epochs=2, dataset=small)
     by_name = {r.variant: r for r in results}
     assert [r.variant for r in results] == ["naive", "fails", "gpu_only", "logsumexp"]
     assert by_name["fails"].status == "error" and "this kernel is broken" in by_name["fails"].message
@@ -121,20 +122,20 @@ def test_train_into_writes_rows_resumes_and_survives_failures(tmp_path: Path, sm
 
     # Resuming trains nothing again: the results are rebuilt from the rows, no row is added.
     before = (_rows(run, "training"), _rows(run, "predictions"))
-    again = training.train_into(Run.open(run.path), variants, ["standard"], CPU, seed=0, epochs=2, dataset=small)
+    again = sweep.train_into(Run.open(run.path), variants, ["standard"], CPU, seed=0, epochs=2, dataset=small)
     assert all(r.resumed for r in again)
     assert (_rows(run, "training"), _rows(run, "predictions")) == before
     resumed = {r.variant: r for r in again}
     assert resumed["logsumexp"].test_acc == pytest.approx(by_name["logsumexp"].test_acc)
     assert resumed["logsumexp"].history == by_name["logsumexp"].history  # CSV keeps floats exactly
     assert resumed["fails"].status == "error"
-    table = training.format_table(again)
+    table = command.format_table(again)
     assert "logsumexp" in table and "(resumed)" in table
 
 
 def test_low_precision_trains_in_both_dtypes(tmp_path: Path, small: data.FashionMNIST) -> None:
     run = Run.create(tmp_path, ["test"], {})
-    results = training.train_into(run, [softmax_impls.get("logsumexp")], ["low-precision"], CPU, seed=0,
+    results = sweep.train_into(run, [softmax_impls.get("logsumexp")], ["low-precision"], CPU, seed=0,
                                   epochs=1, dataset=small)
     assert [(r.dtype, r.status) for r in results] == [("float16", "ok"), ("bfloat16", "ok")]
     assert all(r.test_acc > 0.6 for r in results)
@@ -179,7 +180,7 @@ def test_train_command_user_errors(argv: list[str], words: str, tmp_path: Path,
 
 def test_train_speed_runs_both_pipelines_on_the_same_data(capsys):
     # One epoch of each: the chapter's torchvision/DataLoader pipeline and ours, on the real dataset.
-    from bench import train_speed
+    from bench.tools import train_speed
 
     assert train_speed.main(["--epochs", "1"]) == 0
     out = capsys.readouterr().out

@@ -15,12 +15,16 @@ import torch
 
 import softmax_impls
 from bench.cli import main
-from bench.presets import STABILITY_PRESETS, SweepBlock, ThroughputPreset, TimerBudget
-from bench.results import Run
-from bench.sandbox import UnitTimeout, deadline, memory_ceiling
-from bench.stability import check_variants, stability_into
-from bench.throughput import throughput_into
-from bench.validate import check_output
+from bench.measure.memory import memory_ceiling
+from bench.measure.sandbox import UnitTimeout, deadline
+from bench.measure.timer import TimerBudget
+from bench.store.run import Run
+from bench.studies.stability.contracts import check_variants
+from bench.studies.stability.presets import STABILITY_PRESETS
+from bench.studies.stability.sweep import stability_into
+from bench.studies.throughput.presets import SweepBlock, ThroughputPreset
+from bench.studies.throughput.sweep import throughput_into
+from bench.studies.throughput.validate import check_output
 
 CPU = torch.device("cpu")
 FAST = TimerBudget(warmup=1, min_reps=3, budget_s=0.01)

@@ -23,14 +23,21 @@ import pytest
 import torch
 
 import softmax_impls
-from bench import report_figures as F
-from bench import report_tables as T
 from bench.cli import main
-from bench.presets import SweepBlock, ThroughputPreset, ThroughputTarget, TimerBudget
-from bench.report import MANIFEST, previous_report_files, render
-from bench.results import Run, StabilityRow, ThroughputRow, TrainingRow
-from bench.targets import measured, target_lines
-from bench.throughput import summary_table, throughput_into
+from bench.measure.timer import TimerBudget
+from bench.report import bundle as T
+from bench.report import figures as F
+from bench.report.build import MANIFEST, previous_report_files, render
+from bench.report.render import md_escape
+from bench.report.sections.stability import stability_cells, stability_table
+from bench.report.sections.verdict import verdict_tables
+from bench.store.rows import StabilityRow, ThroughputRow, TrainingRow
+from bench.store.run import Run
+from bench.store.targets import ThroughputTarget, target_lines
+from bench.store.wide import measured
+from bench.studies.throughput.presets import SweepBlock, ThroughputPreset
+from bench.studies.throughput.summary import summary_table
+from bench.studies.throughput.sweep import throughput_into
 
 FAST = TimerBudget(warmup=1, warmup_s=0.01, min_reps=3, budget_s=0.01)
 CPU = torch.device("cpu")
@@ -210,9 +217,9 @@ def _subset_run(kind: str, root: Path, fashion) -> Run:
     if kind == "oom-only":  # 4 TiB inputs: the study refuses them before the OOM killer would
         return _sweep(run, [TORCH], shapes=((1 << 20, 1 << 20),))
     # error-only: a variant that raises everywhere, in all three studies
-    from bench.presets import StabilityPreset
-    from bench.stability import stability_into
-    from bench.training import train_into
+    from bench.studies.stability.presets import StabilityPreset
+    from bench.studies.stability.sweep import stability_into
+    from bench.studies.training.sweep import train_into
 
     boom = dataclasses.replace(TORCH, name="exploding", softmax=_raise("kernel exploded"),
                                cross_entropy=_raise("kernel exploded"), log_softmax=None)
@@ -338,8 +345,8 @@ def test_stability_and_training_timeouts_are_not_results(small_run: Path, tmp_pa
                TrainingRow("naive", "standard", "cpu", "float32", 0, None, "seconds", None, "s", "timeout",
                            "training run ran past its time limit of 600 s"))
     bundle = T.load([run.path])
-    assert T.stability_table(T.stability_cells(bundle))["translation"].tolist() == ["TIMEOUT"]
-    verdict = T.verdict(bundle)
+    assert stability_table(stability_cells(bundle))["translation"].tolist() == ["TIMEOUT"]
+    verdict = dict(verdict_tables(bundle))["Training"]
     assert verdict.loc[0, "test acc standard"] == "timeout"  # a partial accuracy is no result
     md = render([run.path], tmp_path / "report").read_text()
     assert "timeout: training run ran past its time limit" in _section(md, "Training")
@@ -351,14 +358,14 @@ NASTY = "bad | *input* _x_ `code` <script>alert(1)</script>\n# injected heading\
 
 
 def test_md_escape_exact():
-    assert T.md_escape("a|b") == "a\\|b"
-    assert T.md_escape("max_subtracted *x* _y_") == "max_subtracted \\*x\\* \\_y\\_"
-    assert T.md_escape("<script>") == "\\<script>"
-    assert T.md_escape("one\n# two\r\nthree") == "one # two three"
-    assert T.md_escape("run `softmax-bench x|y` now `", block=True) == "run `softmax-bench x|y` now \\`"
-    assert T.md_escape("# not a heading", block=True) == "\\# not a heading"
-    assert T.md_escape("3.11.7") == "3.11.7"
-    assert T.md_escape("[x](y) $a$ ~b~ &amp;") == "\\[x\\](y) \\$a\\$ \\~b\\~ \\&amp;"
+    assert md_escape("a|b") == "a\\|b"
+    assert md_escape("max_subtracted *x* _y_") == "max_subtracted \\*x\\* \\_y\\_"
+    assert md_escape("<script>") == "\\<script>"
+    assert md_escape("one\n# two\r\nthree") == "one # two three"
+    assert md_escape("run `softmax-bench x|y` now `", block=True) == "run `softmax-bench x|y` now \\`"
+    assert md_escape("# not a heading", block=True) == "\\# not a heading"
+    assert md_escape("3.11.7") == "3.11.7"
+    assert md_escape("[x](y) $a$ ~b~ &amp;") == "\\[x\\](y) \\$a\\$ \\~b\\~ \\&amp;"
 
 
 def test_names_and_messages_cannot_break_index_md(tmp_path: Path):

@@ -1,6 +1,6 @@
 """What a user has is never lost, the registry cannot be hijacked, and bad options are refused.
 
-Real run folders (written by the studies or by bench.results), real plugin distributions (tests/plugin_fixtures),
+Real run folders (written by the studies or by bench.store), real plugin distributions (tests/plugin_fixtures),
 real processes for the lock, a real full device (/dev/full) for a disk that fills mid-run.
 
     .venv/bin/pytest -q tests/test_trust_store.py
@@ -22,12 +22,15 @@ import torch
 from plugin_fixtures import install_plugin
 
 import softmax_impls
-from bench import UserError, results
+from bench import UserError
 from bench.cli import main as cli_main
-from bench.devices import parse_device
-from bench.harness import select_variants
-from bench.presets import THROUGHPUT_PRESETS, pick
-from bench.results import Run, StabilityRow, ThresholdRow, recover
+from bench.measure.host import parse_device
+from bench.store import lock
+from bench.store.recover import recover
+from bench.store.rows import StabilityRow, ThresholdRow, columns
+from bench.store.run import Run
+from bench.studies.common import pick, select_variants
+from bench.studies.throughput.presets import THROUGHPUT_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The smallest real study: one variant, one family, one dtype (about a second on a 2-core CPU).
@@ -77,7 +80,7 @@ def test_a_plain_csv_begun_beside_an_archive_does_not_hide_it(tmp_path):
     run.append(*[_stability_row(param=float(p)) for p in range(5)])
     archived = Run.open(run.archive(tmp_path / "archived"))
     fresh = archived.csv_path("stability")
-    fresh.write_text(",".join(results.columns("stability")) + "\n"
+    fresh.write_text(",".join(columns("stability")) + "\n"
                      "logsumexp,cpu,float32,softmax,translation,1.0,10,nonfinite,0.0,count,ok,\n")
     assert len(archived.read("stability")) == 6
     resumed = Run.resume(archived.path, ["test"], {})
@@ -98,7 +101,7 @@ def test_a_damaged_archive_beside_its_live_copy_does_not_hide_the_live_rows(tmp_
 
 # -- 2. one writer per run folder ---------------------------------------------------------------------------
 
-HOLD = ("import sys; from bench.results import Run; run = Run.resume(sys.argv[1]); print('holding', flush=True); "
+HOLD = ("import sys; from bench.store.run import Run; run = Run.resume(sys.argv[1]); print('holding', flush=True); "
         "input()")
 
 
@@ -143,7 +146,7 @@ def test_a_results_dir_that_is_a_file_is_refused(tmp_path, capsys):
 def test_a_nearly_full_disk_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
     run = Run.create(tmp_path / "old", ["test"], {})
     run.close()
-    monkeypatch.setattr(results, "MIN_FREE_BYTES", 2**62)  # more than any disk: "nearly full" here
+    monkeypatch.setattr(lock, "MIN_FREE_BYTES", 2**62)  # more than any disk: "nearly full" here
     assert cli_main([*TINY, "--variant", "naive", "--results-dir", str(tmp_path / "results")]) == 2
     assert "MB free on the disk of" in _one_paragraph(capsys.readouterr().err)
     assert list((tmp_path / "results").iterdir()) == []  # no half-made run folder
@@ -159,7 +162,7 @@ def test_a_run_folder_this_user_cannot_write_is_refused(tmp_path):
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv to drop to another user")
         prefix = [shutil.which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups"]
-        probe = subprocess.run([*prefix, sys.executable, "-c", "import bench.results"], cwd=ROOT,
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import bench.store.run"], cwd=ROOT,
                                capture_output=True, timeout=60)
         if probe.returncode != 0:
             pytest.skip("this checkout or its venv is not readable by another user")

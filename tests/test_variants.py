@@ -6,7 +6,7 @@ is tested here without editing this file; a variant that cannot run on a (device
 
 Tolerance: the variant's own ``contract.ordinary_tolerance_ulps`` T (default 64) in units of the dtype's
 unit roundoff u, so float64 is held to ~1e-14, float32 to ~4e-6, float16 to ~3e-2, bfloat16 to ~0.25
-(relative), measured as bench/stability.py measures it:
+(relative), measured as bench/studies/stability/ measures it:
 
 * probabilities  |p_hat - p| <= T u max(p, tiny) (1 + |ln p|)
 * log-probabilities, losses  |y_hat - y| <= T u max(|y|, 1): relative, but absolute below 1, because
@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import softmax_impls
-from bench.devices import dtype_name, dtype_skip_reason
+from bench.measure.host import dtype_name, dtype_skip_reason
 
 NAMES = softmax_impls.names()
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

@@ -54,7 +54,7 @@ stage() {
     fi
 }
 
-# The dataset: the carried folder, else whatever bench.data finds (Debian's package, $FASHION_MNIST_DIR).
+# The dataset: the carried folder, else whatever bench.studies.training.data finds (Debian's package, $FASHION_MNIST_DIR).
 if [ -z "${FASHION_MNIST_DIR:-}" ] && ls data/FashionMNIST/raw/train-images-idx3-ubyte* > /dev/null 2>&1; then
     export FASHION_MNIST_DIR="$PWD/data/FashionMNIST/raw"
 fi
