@@ -34,7 +34,7 @@ from softmax_impls.contract import Contract
 ENTRY_POINT_GROUP = "softmax_bench.variants"
 # The distribution whose own registrations of PROTECTED names no plugin can replace.
 OWN_DISTRIBUTION = "softmax-bench"
-# The builtin every variant is measured against (bench.presets.BASELINE): a plugin registering it would
+# The builtin every variant is measured against (bench.store.rows.BASELINE): a plugin registering it would
 # silently change every speedup and reference in the study.
 PROTECTED = frozenset({"torch"})
 

@@ -118,3 +118,21 @@ def test_gpu_check_script_refuses_an_unknown_option(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(ROOT / "bench/tools/gpu_check.sh"), "--devcie", "cuda"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown option --devcie" in proc.stderr
+
+
+def test_llm_presets_cover_todays_vocabularies_sized_to_the_device() -> None:
+    from bench.studies.stability.presets import LLM_LENGTHS_DTYPES, STABILITY_PRESETS
+    from bench.studies.throughput.presets import LLM, LLM_VOCABS
+
+    assert LLM_VOCABS == (32000, 50257, 128256, 151936, 262144)
+    cpu = plan(THROUGHPUT_PRESETS[LLM["cpu"][False]], ["torch"])
+    assert {u.cols for u in cpu} == set(LLM_VOCABS) and {u.op for u in cpu} == {"ce_fwd_bwd", "softmax_fwd"}
+    assert {u.dtype for u in cpu} == {"bfloat16", "float16", "float32"}
+    sizes = {u.dtype: 2 if u.dtype != "float32" else 4 for u in cpu}
+    assert all(u.rows * u.cols * sizes[u.dtype] <= 512 * 2**20 for u in cpu)  # one tensor of at most 512 MB
+    everyone = softmax_impls.names() + PEERS
+    assert estimate_seconds(plan(THROUGHPUT_PRESETS["llm"], everyone), torch.device("cpu")) < 10 * 60
+    gpu = plan(THROUGHPUT_PRESETS[LLM["cuda"][False]], ["torch"])
+    assert {u.rows for u in gpu} == {4096} and {u.cols for u in gpu} == set(LLM_VOCABS)
+    assert set(STABILITY_PRESETS["llm"].lengths) == set(LLM_VOCABS)
+    assert LLM_LENGTHS_DTYPES["llm"] == ("bfloat16", "float16", "float32")

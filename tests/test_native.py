@@ -225,8 +225,8 @@ def test_conversions_round_to_nearest_even_as_torch_does(dtype: torch.dtype, isa
 def test_throughput_validation_accepts_every_op(dtype: torch.dtype, isa: str) -> None:
     # what `softmax-bench throughput` checks before it credits a time (bench/validate.py), on a wide and a
     # narrow shape with ragged tails
-    from bench.throughput import OPS
-    from bench.validate import check_output
+    from bench.studies.throughput.ops import OPS
+    from bench.studies.throughput.validate import check_output
 
     v = softmax_impls.get("native")
     for m, n in ((67, 1000), (35, 10)):
@@ -290,8 +290,8 @@ def test_large_translations_and_far_targets(rows: int, cols: int, isa: str) -> N
 def test_narrow_layout_keeps_the_contract(isa: str) -> None:
     # the 'check' preset runs 3 rows per case, below the 16 rows the narrow layout needs: run every family
     # again on 32 rows of 8, 10 and 16 against the 50-digit reference
-    from bench.presets import StabilityPreset
-    from bench.stability import check_variants, format_check
+    from bench.studies.stability.contracts import check_variants, format_check
+    from bench.studies.stability.presets import StabilityPreset
 
     preset = StabilityPreset("narrow", "test", lengths=(8, 10, 16), long_lengths=(16,), rows=32, long_rows=32,
                              thresholds=False)
@@ -304,8 +304,8 @@ def test_narrow_layout_keeps_the_contract(isa: str) -> None:
 def test_every_other_isa_path_keeps_the_contract(path: str) -> None:
     # tests/test_contracts.py checks the default path (the widest) in every dtype; the same 'check' preset
     # (what `softmax-bench check native` runs) on the others
-    from bench.presets import STABILITY_PRESETS
-    from bench.stability import check_variants, format_check
+    from bench.studies.stability.contracts import check_variants, format_check
+    from bench.studies.stability.presets import STABILITY_PRESETS
 
     native.select_isa(path)
     try:
@@ -515,7 +515,7 @@ def test_the_isa_path_can_be_forced_from_the_environment(tmp_path: Path) -> None
     code = textwrap.dedent("""
         import torch, softmax_impls
         from softmax_impls import native
-        from bench.devices import machine_info
+        from bench.measure.host import machine_info
         v = softmax_impls.get("native")
         print(native.isa(), native.library().native_isa().decode(), machine_info()["native_isa"], sep="|")
         print(v.summary)

@@ -64,21 +64,27 @@ def _train(run: Run, variants: list, device: torch.device, quick: bool, timeout:
 
 
 def _throughput(run: Run, variants: list, device: torch.device, quick: bool, timeout: float | None) -> None:
-    from bench.studies.throughput.presets import FULL, QUICK, THROUGHPUT_PRESETS
+    from bench.studies.throughput.presets import FULL, LLM, QUICK, THROUGHPUT_PRESETS
     from bench.studies.throughput.sweep import throughput_into
 
     name = QUICK[device.type]["throughput"] if quick else FULL[device.type]
     throughput_into(run, variants, device, THROUGHPUT_PRESETS[name], timeout=timeout)
+    # then the vocabularies of today's models, in the dtypes they train in
+    throughput_into(run, variants, device, THROUGHPUT_PRESETS[LLM[device.type][quick]], timeout=timeout)
 
 
 def _stability(run: Run, variants: list, device: torch.device, quick: bool, timeout: float | None) -> None:
-    from bench.studies.stability.presets import STABILITY_PRESETS
+    from bench.studies.stability.presets import LLM_LENGTHS_DTYPES, STABILITY_PRESETS
     from bench.studies.stability.sweep import format_summary, stability_into
     from bench.studies.throughput.presets import QUICK
 
     dtypes = QUICK[device.type]["stability_dtypes"] if quick else None
     lines = stability_into(run, variants, device, STABILITY_PRESETS["quick" if quick else "default"],
                            dtypes=dtypes, timeout=timeout)
+    print(format_summary(lines))
+    llm = "llm-quick" if quick else "llm"  # every family at the vocabularies of today's models
+    lines = stability_into(run, variants, device, STABILITY_PRESETS[llm], dtypes=LLM_LENGTHS_DTYPES[llm],
+                           timeout=timeout)
     print(format_summary(lines))
 
 

@@ -5,7 +5,7 @@
     python -m bench.tools.roofline_probe --shape 1024x4096 --dtype bfloat16
 
 Every line is bytes moved (read x + write y, 2·M·N·e) over the median time, for one buffer of the given
-shape and dtype, timed by bench.timing in one process, one call of each piece in turn (so all see the same
+shape and dtype, timed by bench.measure.timer in one process, one call of each piece in turn (so all see the same
 memory bandwidth):
 
     copy_        dst.copy_(x)                      PyTorch's copy (stores read each line first)

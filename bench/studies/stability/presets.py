@@ -24,6 +24,8 @@ class StabilityPreset:
     thresholds: bool = True  # bisect overflow / underflow / far-target thresholds too
 
 
+LLM_LENGTHS = (32000, 50257, 128256, 151936, 262144)
+
 STABILITY_PRESETS: dict[str, StabilityPreset] = {
     p.name: p
     for p in (
@@ -37,5 +39,12 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
         # unfused loss squares a sum past 256 at 16384; at 131072 the float16 sum of ones passes 65504)
         StabilityPreset("check", "the contract checks: every family at rows of 10, 1000, 16384 (wide rows: 131072)",
                         lengths=(10, 1000, 16384), long_lengths=(131072,), rows=3, long_rows=2, thresholds=False),
+        # the vocabularies of today's models (Llama 2, GPT-2, Llama 3, Qwen 2, Gemma 3); run in LLM_DTYPES
+        StabilityPreset("llm", "every family at LLM vocabulary lengths 32000-262144 (bfloat16, float16, float32)",
+                        lengths=LLM_LENGTHS, long_lengths=LLM_LENGTHS, rows=2, long_rows=2, thresholds=False),
+        StabilityPreset("llm-quick", "every family at 32000 and 262144 columns (bfloat16)",
+                        lengths=(32000, 262144), long_lengths=(32000, 262144), rows=2, long_rows=2,
+                        thresholds=False),
     )
 }
+LLM_LENGTHS_DTYPES = {"llm": ("bfloat16", "float16", "float32"), "llm-quick": ("bfloat16",)}

@@ -117,6 +117,43 @@ THROUGHPUT_PRESETS: dict[str, ThroughputPreset] = {
     )
 }
 
+# --- the `llm` presets: the vocabularies of today's models, in the dtypes they train in ---------------------
+
+LLM_VOCABS = (32000, 50257, 128256, 151936, 262144)  # Llama 2, GPT-2, Llama 3, Qwen 2, Gemma 3
+LLM_DTYPES = ("bfloat16", "float16", "float32")
+LLM_OPS = ("ce_fwd_bwd", "softmax_fwd")  # the training step's loss, the sampling softmax
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _llm_blocks(vocabs: tuple[int, ...], dtypes: tuple[str, ...], rows: int | None, input_bytes: int,
+                timer: TimerBudget) -> tuple[SweepBlock, ...]:
+    """One block per (vocabulary, dtype): `rows` rows, or as many as make an input of `input_bytes` (rows
+    sized to the device: a CPU sweeps one tensor of tens of MB where a GPU takes 4096 rows)."""
+    return tuple(SweepBlock(LLM_OPS, ((rows or max(1, input_bytes // (vocab * _ITEMSIZE[dtype])), vocab),),
+                            (dtype,), timer=timer)
+                 for vocab in vocabs for dtype in dtypes)
+
+
+_CPU_LLM_BYTES = 32 * 2**20  # past the 32 MiB L3, well under a second a call
+# 450 units with every variant: a lean budget keeps the preset under 10 minutes on 2 cores (by its estimate)
+_TP_LLM_CPU_TIMER = TimerBudget(warmup=3, warmup_s=1.0, min_reps=3, budget_s=0.15)
+LLM_PRESETS = (
+    ThroughputPreset("llm", "LLM vocabularies 32000-262144 in bfloat16, float16, float32 on a CPU: CE forward+"
+                            "backward and softmax forward, 32 MiB inputs",
+                     blocks=_llm_blocks(LLM_VOCABS, LLM_DTYPES, None, _CPU_LLM_BYTES, _TP_LLM_CPU_TIMER)),
+    ThroughputPreset("llm-quick", "two LLM vocabularies (32000, 151936) in bfloat16 on a CPU",
+                     blocks=_llm_blocks((32000, 151936), ("bfloat16",), None, _CPU_LLM_BYTES, _TP_LLM_CPU_TIMER)),
+    ThroughputPreset("llm-gpu", "LLM vocabularies 32000-262144 in bfloat16, float16, float32, 4096 rows (GPU)",
+                     blocks=_llm_blocks(LLM_VOCABS, LLM_DTYPES, 4096, 0, _TP_GPU_TIMER), timer=_TP_GPU_TIMER),
+    ThroughputPreset("llm-gpu-quick", "three LLM vocabularies in bfloat16, 4096 rows (GPU)",
+                     blocks=_llm_blocks((32000, 128256, 262144), ("bfloat16",), 4096, 0, _TP_GPU_TIMER),
+                     timer=_TP_GPU_TIMER),
+)
+THROUGHPUT_PRESETS.update({p.name: p for p in LLM_PRESETS})
+# The llm preset `softmax-bench all` runs after the chapter's, per device type and --quick.
+LLM: dict[str, dict[bool, str]] = {"cpu": {False: "llm", True: "llm-quick"},
+                                   "cuda": {False: "llm-gpu", True: "llm-gpu-quick"}}
+
 # What `--quick` means per device type: the throughput preset, the training regimes and the stability dtypes
 # (None: every regime / every dtype the device supports); FULL: the throughput preset without --quick.
 QUICK: dict[str, dict[str, object]] = {
