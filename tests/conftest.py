@@ -14,7 +14,8 @@ from bench.studies.training import data
 
 @pytest.fixture(scope="session")
 def fashion() -> data.FashionMNIST:
-    """The real dataset, from wherever bench.studies.training.data finds it (no download: tests must not need the network)."""
+    """The real dataset, from wherever bench.studies.training.data finds it (no download: tests must not need
+    the network)."""
     return data.load(download=False)
 
 
