@@ -79,19 +79,10 @@ def _sleepy_ce(logits, target):
 
 
 def _repeat(fn):
-    """fn done SLOWDOWN times over (a fraction as a slice of the rows): a real, proportional slowdown."""
-    def slowed(x, *args, **kwargs):
-        factor = float(os.environ.get("SLOWDOWN", "1"))
-        whole, part = int(factor), factor - int(factor)
-        out = fn(x, *args, **kwargs)
-        for _ in range(whole - 1):
-            out = fn(x, *args, **kwargs)
-        if part > 0:
-            rows = max(1, int(x.shape[0] * part))
-            fn(x[:rows], *(a[:rows] if isinstance(a, torch.Tensor) and a.dim() == 1 else a for a in args),
-               **kwargs)
-        return out
-    return slowed
+    """fn done SLOWDOWN times over (the probe's helper: whole repeats, the fraction as a slice of the rows)."""
+    from bench.tools.compare_probe import repeated
+
+    return repeated(fn, lambda: float(os.environ.get("SLOWDOWN", "1")))
 
 
 exits = Variant(name="exits", summary="calls sys.exit", softmax=_exits, cross_entropy=_exits)

@@ -204,6 +204,7 @@ def thresholds(th: pd.DataFrame, palette: dict[str, Any], path: Path) -> Path | 
     d["magnitude"] = d["threshold"].abs().where(~d["never"], ceiling).clip(lower=1e-3)
     kinds = sorted(set(d["kind"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.0 * len(kinds), 4.0), squeeze=False)
+    handles: list[Any] = []
     for ax, kind in zip(axes[0], kinds, strict=False):
         g = d[d["kind"] == kind].groupby(["variant", "dtype"], as_index=False)["magnitude"].min()
         order = [t for t in ("float64", "float32", "float16", "bfloat16") if t in set(g["dtype"])]
@@ -220,8 +221,11 @@ def thresholds(th: pd.DataFrame, palette: dict[str, Any], path: Path) -> Path | 
         ax.set_title(f"{kind} ({op})", fontsize=10)
         ax.set_xlabel("dtype")
         ax.set_ylabel("threshold |logit| (log scale)")
+        handles, labels = ax.get_legend_handles_labels()
         if ax.get_legend():
-            ax.get_legend().set_title("variant")
+            ax.get_legend().remove()  # one legend beside the panels: inside one, it covered the bars
+    if handles:
+        fig.legend(handles, labels, title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("Where each variant stops being correct (higher is better; hatched bars at the top: never broke "
                  "within the dtype's range)", fontsize=12)
     fig.tight_layout()

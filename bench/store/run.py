@@ -19,7 +19,6 @@ lost or damaged ``run.json`` is rebuilt from the tables by :func:`recover` (``so
 from __future__ import annotations
 
 import contextlib
-import csv
 import gzip
 import json
 import os
@@ -49,8 +48,16 @@ from bench.store.lock import (
     _writer_lock,
     _WriterLock,
 )
-from bench.store.rows import READABLE_SCHEMAS, SCHEMA_VERSION, TABLE_OF, TABLES, _cell, columns
-from bench.store.table import _gzipped, _materialise, _repair_tail, _table_bytes, _write_fallback, read_table
+from bench.store.rows import READABLE_SCHEMAS, SCHEMA_VERSION, TABLE_OF, TABLES, _cell
+from bench.store.table import (
+    _gzipped,
+    _materialise,
+    _repair_tail,
+    _table_bytes,
+    _write_fallback,
+    append_records,
+    read_table,
+)
 
 RESULTS_DIR = Path("results")
 # What run.json must hold for a run to be resumed, and the type of each (a report copes without them).
@@ -265,14 +272,7 @@ class Run:
         path = self.csv_path(table)
         _materialise(path)
         _repair_tail(path)
-        new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(columns(table))
-            writer.writerows(records)
-            f.flush()
-            os.fsync(f.fileno())
+        append_records(path, table, records)
 
     def _save_elsewhere(self, unsaved: dict[str, list[list[Any]]], why: str) -> str:
         """Write rows the run folder refused into fallback files; the message says where and how to recover."""

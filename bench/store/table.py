@@ -93,6 +93,18 @@ def _materialise(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def append_records(path: Path, table: str, records: list[list[Any]]) -> None:
+    """Append CSV records to `path` (with the header when it is new or empty) and flush them to disk."""
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(columns(table))
+        writer.writerows(records)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _write_fallback(folder: Path, table: str, records: list[list[Any]], target: Path | None) -> Path:
     """Append rows the run folder refused to a file elsewhere (the temp dir, else home); its path."""
     defaults = [Path(d) / "softmax-bench-unsaved" / f"{folder.name}-{table}.csv"
@@ -101,14 +113,7 @@ def _write_fallback(folder: Path, table: str, records: list[list[Any]], target: 
     for path in dict.fromkeys([*([target] if target else []), *defaults]):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            new = not path.exists() or path.stat().st_size == 0
-            with open(path, "a", newline="") as f:
-                writer = csv.writer(f)
-                if new:
-                    writer.writerow(columns(table))
-                writer.writerows(records)
-                f.flush()
-                os.fsync(f.fileno())
+            append_records(path, table, records)
             return path
         except OSError as exc:
             errors.append(f"{path}: {exc.strerror or exc}")

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,22 +43,25 @@ def slowed_variant(factor: float) -> Variant:
     import softmax_impls
 
     base = softmax_impls.get("torch")
-
-    def repeat(fn):
-        def slowed(x: torch.Tensor, *args, **kwargs):
-            whole, part = int(factor), factor - int(factor)
-            out = fn(x, *args, **kwargs)
-            for _ in range(whole - 1):
-                out = fn(x, *args, **kwargs)
-            if part > 0:
-                rows = max(1, int(x.shape[0] * part))
-                fn(x[:rows], *(a[:rows] if isinstance(a, torch.Tensor) and a.dim() == 1 else a for a in args),
-                   **kwargs)
-            return out
-        return slowed
-
     return dataclasses.replace(base, name=SLOWED, summary=f"torch done {factor} times over",
-                               softmax=repeat(base.softmax), cross_entropy=repeat(base.cross_entropy))
+                               softmax=repeated(base.softmax, lambda: factor),
+                               cross_entropy=repeated(base.cross_entropy, lambda: factor))
+
+
+def repeated(fn: Callable[..., torch.Tensor], factor: Callable[[], float]) -> Callable[..., torch.Tensor]:
+    """fn done factor() times over (read at each call): whole repeats, then the fraction as a slice of the
+    rows, so the slowdown is real and proportional. Also what the tests' `slowed` plugin does."""
+    def slowed(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        f = factor()
+        whole, part = int(f), f - int(f)
+        out = fn(x, *args, **kwargs)
+        for _ in range(whole - 1):
+            out = fn(x, *args, **kwargs)
+        if part > 0:
+            rows = max(1, int(x.shape[0] * part))
+            fn(x[:rows], *(a[:rows] if isinstance(a, torch.Tensor) and a.dim() == 1 else a for a in args), **kwargs)
+        return out
+    return slowed
 
 
 def sweep(root: Path, variants: list[str], label: str, preset: str, threads: int) -> Path:
