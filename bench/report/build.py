@@ -103,7 +103,9 @@ def previous_report_files(out: Path | str, force: bool = False) -> set[str]:
         try:
             listed = json.loads(manifest.read_text())["files"]
             if isinstance(listed, list) and all(isinstance(f, str) for f in listed):
-                return set(listed)
+                # archived runs (--keep-runs) are measurements, not renderings: a later render without
+                # --keep-runs must never delete them, so they are never among the deletable files
+                return {f for f in listed if not f.startswith("runs/")}
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             pass
         if force:

@@ -92,7 +92,8 @@ def workload_finding(wide: pd.DataFrame, cells: pd.DataFrame, device: str, w: Wo
     if speeds.empty:
         return None
     failed = _failed(cells, device, w.dtype)
-    where = f"**{w.label}** on {device} ({n} points, {', '.join(w.ops)})"
+    # plain text: the renderer escapes what it quotes, so markdown emphasis would show as asterisks
+    where = f"{w.label[0].upper()}{w.label[1:]}, on {device} ({n} points, {', '.join(w.ops)})"
     if failed is None or BASELINE not in failed:
         best = speeds.index[0]
         return (f"{where}: fastest {_name(best)} at {speeds.iloc[0]:.2f}x `torch`; no stability rows at "
@@ -133,7 +134,7 @@ def breakdowns(cells: pd.DataFrame) -> list[str]:
         by = c.groupby("family")["dtype"].apply(lambda s: ", ".join(sorted(set(s))))
         source = "docs/stability.md" if v == "compiled" else "docs/peers.md"  # ours vs upstream's code
         lines.append(f"{_name(v)} breaks in " + "; ".join(f"{f} ({d})" for f, d in by.items())
-                     + f" (see [{source}](../../{source})).")
+                     + f" (see {source} in the repository).")
     return lines
 
 
