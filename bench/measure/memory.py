@@ -160,32 +160,35 @@ def release_kept_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _mem_total_bytes() -> int | None:
+def _meminfo_bytes(key: str) -> int | None:
+    """One /proc/meminfo field (e.g. "MemTotal", "MemAvailable") in bytes; None where unreadable."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
+def _statm_bytes(field: int) -> int | None:
+    """One /proc/self/statm field in bytes (0: virtual size, 1: resident); None where unreadable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[field]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def resident_bytes() -> int | None:
-    """This process's resident memory now (RSS), from /proc/self/statm; None where unreadable."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return None
+    """This process's resident memory now (RSS); None where unreadable."""
+    return _statm_bytes(1)
 
 
-def _virtual_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[0]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return None
+def mem_available_bytes() -> int | None:
+    """What the kernel says is available to new allocations (MemAvailable); None where unreadable."""
+    return _meminfo_bytes("MemAvailable")
 
 
 @contextlib.contextmanager
@@ -198,7 +201,7 @@ def memory_ceiling(fraction: float) -> Iterator[str]:
     allocating 4 GiB per call drove this 24 GB machine's sweep to 17.4 GB). The limit applies to virtual
     memory, so it is set above what is mapped now (torch maps several GB it never touches).
     """
-    total, virtual, resident = _mem_total_bytes(), _virtual_bytes(), resident_bytes()
+    total, virtual, resident = _meminfo_bytes("MemTotal"), _statm_bytes(0), resident_bytes()
     if total is None or virtual is None or resident is None:
         yield "no memory ceiling (/proc/meminfo or /proc/self/statm unreadable)"
         return
@@ -217,18 +220,6 @@ def memory_ceiling(fraction: float) -> Iterator[str]:
                f"may be in use at once, beyond that an allocation fails and the unit is an `oom` row")
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def mem_available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo: what the kernel says a new allocation can still get; None if unreadable."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 @contextlib.contextmanager
