@@ -95,11 +95,11 @@ class _OpPeak(TorchDispatchMode):
         return out
 
 
-def _op_peak(fn: Callable[[], object]) -> int:
-    """The smaller peak of two passes under :class:`_OpPeak` (the first also counts the few KB of Python
-    objects the mode creates once per op)."""
+def _op_peak(fn: Callable[[], object], passes: int) -> int:
+    """The smallest peak of `passes` passes under :class:`_OpPeak` (the first also counts the few KB of
+    Python objects the mode creates once per op: a second pass removes them from a small call's figure)."""
     peaks = []
-    for _ in range(2):
+    for _ in range(passes):
         with _OpPeak() as tracker:
             out = fn()
         del out
@@ -107,13 +107,15 @@ def _op_peak(fn: Callable[[], object]) -> int:
     return min(peaks)
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0.05) -> int:
+def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0.05, peaks_once: bool = False
+                ) -> int:
     """Bytes the call allocates beyond what existed before it (its inputs), at its peak.
 
     CUDA: torch.cuda.max_memory_allocated after a reset. CPU: glibc's bytes in use, read after every aten op
     (exact for eager code), and sampled from a second thread while the call repeats for `min_s` (which sees
     compiled kernels' buffers too, but can miss a very short-lived temporary); the larger of the two. Either
-    way the variant needs no hook. Call it outside the timed region.
+    way the variant needs no hook. Call it outside the timed region. `peaks_once`: one observer pass (for
+    calls long enough that a few KB do not matter, and each extra call costs).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -129,7 +131,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device, min_s: float = 0
     # Both are lower bounds of the true peak: the op observer misses what compiled kernels allocate below the
     # dispatcher, the watcher can miss a short-lived temporary; the larger is the better one.
     try:
-        by_ops = _op_peak(fn)
+        by_ops = _op_peak(fn, 1 if peaks_once else 2)
     except Exception:  # noqa: BLE001 - dynamo may refuse to trace under a dispatch mode: the watcher alone
         by_ops = 0
     return max(by_ops, _sampled_peak(fn, min_s))
