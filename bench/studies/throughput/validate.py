@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from bench.studies.stability.families import limits
+from bench.studies.stability.judge import judge  # the stability study's judging rules
 from bench.studies.stability.reference import Reference
 
 MAX_CHECKED = 2**22  # elements compared against the reference per unit
@@ -78,8 +79,6 @@ def _reference(x: np.ndarray, target: np.ndarray) -> Reference:
 
 def _check_rows(op: str, out: torch.Tensor, x: torch.Tensor, target: torch.Tensor | None,
                 dy: torch.Tensor | None, tolerance_u: float) -> str | None:
-    from bench.studies.stability.judge import judge
-
     lim = limits(x.dtype)
     xd = x.to("cpu", torch.float64).numpy()
     got = out.to("cpu", torch.float64).numpy()
