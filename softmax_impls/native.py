@@ -55,6 +55,7 @@ per row.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -133,22 +134,30 @@ def torch_openmp_runtime() -> str | None:
     return None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as /proc/cpuinfo names them (empty where there is no /proc)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where there is no /proc). Read once: every
+    kernel call asks which ISA path to take, and reading /proc/cpuinfo costs ~40 us, more than a whole
+    256x10 softmax."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
-def supported_isas(flags: set[str] | None = None) -> list[str]:
+def supported_isas(flags: set[str] | frozenset[str] | None = None) -> list[str]:
     """The ISA paths this CPU can run, widest first."""
     flags = cpu_flags() if flags is None else flags
     return [name for name, needs in ISA_NEEDS.items() if all(f in flags for f in needs)]
+
+
+@functools.cache
+def _supported_here() -> list[str]:
+    return supported_isas()
 
 
 _isa_override: list[str | None] = [None]
@@ -166,7 +175,7 @@ def isa() -> str:
     """The ISA path the kernels run on: select_isa's, else $SOFTMAX_BENCH_NATIVE_ISA's, else the widest this
     CPU supports. BuildError when the asked-for path is unknown or this CPU cannot run it."""
     asked = _isa_override[0] or os.environ.get(ISA_ENV, "").strip().lower() or None
-    supported = supported_isas()
+    supported = _supported_here()
     if asked is None:
         if not supported:
             raise BuildError("this CPU has neither AVX-512 (F/BW/VL/DQ) nor AVX2 + FMA + F16C")
@@ -263,6 +272,9 @@ def library(isa_path: str | None = None) -> ctypes.CDLL:
     """The loaded kernels of one ISA path (default: :func:`isa`), built on first use; BuildError (cached per
     path, so a failure is not retried) otherwise."""
     isa_path = isa_path or isa()
+    lib = _state.get(isa_path)  # every kernel call comes here: the loaded library without the lock
+    if isinstance(lib, ctypes.CDLL):
+        return lib
     with _lock:
         if isa_path not in _state:
             try:

@@ -305,6 +305,22 @@ def test_targets_say_met_not_met_and_not_measured_per_device() -> None:
     assert target_lines(rows[rows["cols"] == 1000], [roof]) == ["not measured: roof"]
 
 
+def test_a_target_over_many_points_names_its_misses_or_its_lowest_point() -> None:
+    from bench.store.targets import MAX_FIGURES, ThroughputTarget, target_lines
+
+    every = ThroughputTarget("every", "cpu", ("softmax_fwd",), ("float32",), "speedup_vs_torch", 1.0)
+    widths = range(10, 10 + MAX_FIGURES + 4)
+    speed = {n: 2.0 + n / 100 for n in widths}
+    speed[12] = 1.0  # at the threshold: met, and the lowest
+    rows = _target_rows([("native", "cpu", "softmax_fwd", 64, n, "speedup_vs_torch", s) for n, s in speed.items()]
+                        + [("torch", "cpu", "softmax_fwd", 64, n, "speedup_vs_torch", 1.0) for n in widths])
+    assert target_lines(rows, [every]) == [
+        f"met: every: all {len(widths)} points, lowest softmax_fwd 64x12 float32 native 1.0x"]
+    slower = rows.assign(value=rows["value"].where((rows["cols"] != 15) | (rows["variant"] != "native"), 0.8))
+    assert target_lines(slower, [every]) == [
+        f"NOT met at 1 of {len(widths)} points: every: missed at softmax_fwd 64x15 float32 native 0.8x"]
+
+
 def test_summary_prints_the_targets_of_its_device(tmp_path) -> None:
     run = Run.create(tmp_path)
     preset = ThroughputPreset("t", "test", blocks=(SweepBlock(("softmax_fwd",), ((65536, 10),), ("float32",)),),
