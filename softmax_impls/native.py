@@ -29,8 +29,9 @@ Where torch loaded no libgomp, the kernels are built without OpenMP and run on t
 
 dtypes: float32, bfloat16 and float16 rows are read and written in their own dtype and computed in float32
 (half precision converted in registers, rounded back to nearest even once), so a bfloat16 softmax moves
-half the bytes of a float32 one. float64 rows have their own kernels in float64 (a degree-13 exp, one row
-at a time; no pipeline and no narrow layout, see the C file).
+half the bytes of a float32 one. float64 rows have their own kernels in float64 (a degree-13 exp, a vector
+log1p; no pipeline; short rows 8 (avx2: 4) at a time, one row per lane, up to 12-32 columns by op, see the
+C file).
 
 Passes and bytes (M rows of N elements of e bytes; "from cache" = a block read a moment before, in L1/L2,
 not DRAM):
@@ -98,6 +99,7 @@ _SIGNATURES = {
     "native_exp_nonpos": ([_VP, _VP, _I64, _INT], None),
     "native_exp64": ([_VP, _VP, _I64, _INT], None),
     "native_log1p": ([_VP, _VP, _I64], None),
+    "native_log1p64": ([_VP, _VP, _I64], None),
     "native_convert": ([_VP, _VP, _I64, _INT, _INT], None),
     "native_openmp": ([], _INT),
     "native_isa": ([], ctypes.c_char_p),

@@ -13,8 +13,8 @@
  * layer maps them to __m512 / __m512d (W = 16, DW = 8) or __m256 / __m256d (W = 8, DW = 4). Masks are
  * __mmask16/8 on AVX-512 and all-ones lanes of a vector on AVX2.
  *
- * Element types. float64 rows have their own, simpler kernel family ("float64" below: one row at a time,
- * computed in float64). The others are read and written in the tensor's own dtype (float32, bfloat16,
+ * Element types. float64 rows have their own, simpler kernel family ("float64" below: computed in float64,
+ * one row at a time, or DW short rows at a time, see "float64 narrow rows"). The others are read and written in the tensor's own dtype (float32, bfloat16,
  * float16) and computed in float32: bfloat16 loads by a 16-bit shift into the high half of a float32 (exact),
  * float16 by vcvtph2ps (F16C / AVX-512F, exact); results are rounded back once with round-to-nearest-even
  * (vcvtps2ph for float16; for bfloat16 AVX512-BF16's vcvtneps2bf16 where the CPU has it, else integer
@@ -162,6 +162,7 @@ INLINE vd dzero(void) { return _mm512_setzero_pd(); }
 INLINE vd dadd(vd a, vd b) { return _mm512_add_pd(a, b); }
 INLINE vd dsub(vd a, vd b) { return _mm512_sub_pd(a, b); }
 INLINE vd dmul(vd a, vd b) { return _mm512_mul_pd(a, b); }
+INLINE vd ddiv(vd a, vd b) { return _mm512_div_pd(a, b); }
 INLINE vd dmax(vd a, vd b) { return _mm512_max_pd(a, b); }
 INLINE vd dmin(vd a, vd b) { return _mm512_min_pd(a, b); }
 INLINE vd dfma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
@@ -188,6 +189,12 @@ INLINE vd vd_of(vl v) { return _mm512_castsi512_pd(v); }
 INLINE vl vl_add(vl a, vl b) { return _mm512_add_epi64(a, b); }
 INLINE vl vl_set(int64_t a) { return _mm512_set1_epi64(a); }
 #define vl_sll(a, k) _mm512_slli_epi64((a), (k))
+#define vl_srl(a, k) _mm512_srli_epi64((a), (k))
+INLINE vl vl_sub(vl a, vl b) { return _mm512_sub_epi64(a, b); }
+/* lane permutation of doubles: dperm(v, idx) lane l = v[lane l of the index that dperm_index made of ix] */
+typedef __m512i dpi;
+INLINE dpi dperm_index(const int64_t ix[DW]) { return _mm512_loadu_si512(ix); }
+INLINE vd dperm(vd v, dpi idx) { return _mm512_permutexvar_pd(idx, v); }
 
 /* The in-place transpose of a W x W block held in W registers. */
 INLINE void transpose(vf r[W]) {
@@ -307,6 +314,7 @@ INLINE vd dzero(void) { return _mm256_setzero_pd(); }
 INLINE vd dadd(vd a, vd b) { return _mm256_add_pd(a, b); }
 INLINE vd dsub(vd a, vd b) { return _mm256_sub_pd(a, b); }
 INLINE vd dmul(vd a, vd b) { return _mm256_mul_pd(a, b); }
+INLINE vd ddiv(vd a, vd b) { return _mm256_div_pd(a, b); }
 INLINE vd dmax(vd a, vd b) { return _mm256_max_pd(a, b); }
 INLINE vd dmin(vd a, vd b) { return _mm256_min_pd(a, b); }
 INLINE vd dfma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
@@ -344,6 +352,15 @@ INLINE vd vd_of(vl v) { return _mm256_castsi256_pd(v); }
 INLINE vl vl_add(vl a, vl b) { return _mm256_add_epi64(a, b); }
 INLINE vl vl_set(int64_t a) { return _mm256_set1_epi64x(a); }
 #define vl_sll(a, k) _mm256_slli_epi64((a), (k))
+#define vl_srl(a, k) _mm256_srli_epi64((a), (k))
+INLINE vl vl_sub(vl a, vl b) { return _mm256_sub_epi64(a, b); }
+/* AVX2 has no variable permutation of 64-bit lanes: vpermps moves each double as its two 32-bit halves */
+typedef __m256i dpi;
+INLINE dpi dperm_index(const int64_t ix[DW]) {
+    return _mm256_setr_epi32((int)(2 * ix[0]), (int)(2 * ix[0] + 1), (int)(2 * ix[1]), (int)(2 * ix[1] + 1),
+                             (int)(2 * ix[2]), (int)(2 * ix[2] + 1), (int)(2 * ix[3]), (int)(2 * ix[3] + 1));
+}
+INLINE vd dperm(vd v, dpi idx) { return _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), idx)); }
 
 INLINE void transpose(vf r[W]) {
     vf t[W];
@@ -1144,7 +1161,8 @@ INLINE void narrow_ce_bwd(const narrow_tab *tab, const float *x, const int64_t *
 /* The same algorithms as the float32 wide rows, without the software pipeline (a float64 exp costs about
    twice a float32 one per lane, so the row's passes are bound by arithmetic, not by DRAM) and without the
    narrow layout: short rows (the chapter's 10 columns) take one masked vector or two, which is already far
-   ahead of torch's float64 kernels there. Per-row scalars (the row factor, log1p(s'), the target's
+   ahead of torch's float64 kernels there (short rows now mostly run DW at a time instead, see "float64 narrow
+   rows" below; the last m % DW rows of such a tensor still come here). Per-row scalars (the row factor, log1p(s'), the target's
    probability) use libm, correctly rounded or nearly. */
 
 /* e^r for |r| <= ln2 / 2, r = x - n ln2 in two parts (fdlibm's ln2 split: n ln2_hi is exact): the Taylor
@@ -1362,9 +1380,244 @@ static void dce_bwd_row(const double *x, int64_t t, int64_t n, double sh, double
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* driving: split the work into units (a row, or a block of W rows) over the threads                     */
+/* float64 narrow rows: DW rows per step, one row per lane                                                */
 
+/* the driver's ops (below), here for dnarrow_fits */
 enum op { OP_SOFTMAX, OP_LOG_SOFTMAX, OP_SOFTMAX_BWD, OP_LOG_SOFTMAX_BWD, OP_CE_FWD, OP_CE_BWD };
+
+/* One short row at a time leaves the exp's degree-13 Horner chain (~13 dependent FMAs, a masked vector or
+   two per row) and the reductions' horizontal steps on the critical path: ~160 cycles a row of 10, while
+   the FMA pipes idle. DW rows at once, one per lane, make every column's exp a full vector, and the
+   columns' exps are independent chains the core overlaps; log1p(s') becomes one vector log1p for DW rows
+   instead of DW libm calls. Unlike the float32 blocks (a W x W transpose in registers), a block moves to
+   the column layout through a small stack buffer, element by element: portable to both ISA paths (AVX2
+   has no scatter) and faster than vgatherqpd on Zen 4. Element-wise passes (log-softmax, both backwards)
+   run on the row-major block as it is, DW consecutive elements a vector, with the per-row values moved to
+   their lanes by one permute (dper_row). The numerics are those of the row functions above (drow_rest,
+   dce_fwd_row ...): the same shift, s', exact exp and formulas, log1p below 1 ulp; only the order of a
+   row's sums differs. Which rows go this way depends on the op (dnarrow_fits). */
+#ifndef DNARROW_MAX
+#define DNARROW_MAX 32  /* longest float64 row any op takes DW at a time (the stack blocks' size) */
+#endif
+#ifndef DNARROW_EXP_MAX
+#define DNARROW_EXP_MAX 12  /* softmax, the two backwards with an exp: rows up to this */
+#endif
+#ifndef DNARROW_DOT_MAX
+#define DNARROW_DOT_MAX 10  /* softmax backward: rows up to this that are not a multiple of DW */
+#endif
+
+/* Whether float64 rows of n run DW at a time for op, by what measured faster than the row functions on
+   both ISA paths (Zen 4, 4096 rows of 4 to 32, one thread). Where the row functions run whole vectors (n a
+   multiple of DW) and the op has little to do per row besides its exps, the transposes cost more than the
+   idle lanes they save: softmax forward lost from 16 columns on (1.1-1.35x the row time), the backwards of
+   cross-entropy and log-softmax from 16 on the avx2 path; softmax backward, the cheapest op (no exp), lost
+   at every multiple of DW (1.05-2.5x) and from 12 on the avx2 path. The ops with a log1p per row (cross-
+   entropy forward, log-softmax) won up to 32 columns on both paths (0.3-0.9x). */
+static int dnarrow_fits(enum op op, int64_t n) {
+    switch (op) {
+    case OP_CE_FWD:
+    case OP_LOG_SOFTMAX: return n <= DNARROW_MAX;
+    case OP_SOFTMAX_BWD: return n <= DNARROW_DOT_MAX && n % DW != 0;
+    default: return n <= DNARROW_EXP_MAX;
+    }
+}
+
+typedef struct {
+    int64_t n;
+    dpi row_of[DNARROW_MAX];  /* flat vector k of a block (elements DW k .. DW k + DW - 1): lane l's row */
+} dnarrow_tab;
+
+static void dnarrow_init(dnarrow_tab *tab, int64_t n) {
+    tab->n = n;
+    for (int64_t k = 0; k < n; ++k) {
+        int64_t ix[DW];
+        for (int l = 0; l < DW; ++l) ix[l] = (k * DW + l) / n;
+        tab->row_of[k] = dperm_index(ix);
+    }
+}
+
+/* Per-row values v (lane r: row r of the block) spread over flat vector k. */
+INLINE vd dper_row(const dnarrow_tab *tab, vd v, int64_t k) { return dperm(v, tab->row_of[k]); }
+
+static const double DIOTA[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+/* The DW rows at x (n apart) as columns: c[j DW + r] = x[r n + j]. Element by element (gcc packs each
+   column's DW loads into one vector store); vgatherqpd measured 20-50% slower on Zen 4. */
+INLINE void dload_columns(const double *x, int64_t n, double *c) {
+    for (int64_t j = 0; j < n; ++j)
+        for (int r = 0; r < DW; ++r) c[j * DW + r] = x[r * n + j];
+}
+
+/* The inverse, into DW rows of n at y; `stream`: through a row-major stack copy and streamed stores (y
+   vector-aligned). */
+INLINE void dstore_columns(const double *c, int64_t n, double *y, int stream) {
+    if (!stream) {
+        for (int r = 0; r < DW; ++r)
+            for (int64_t j = 0; j < n; ++j) y[r * n + j] = c[j * DW + r];
+        return;
+    }
+    _Alignas(64) double flat[DNARROW_MAX * DW];
+    for (int r = 0; r < DW; ++r)
+        for (int64_t j = 0; j < n; ++j) flat[r * n + j] = c[j * DW + r];
+    for (int64_t k = 0; k < n; ++k) dstream(y + k * DW, dload(flat + k * DW));
+}
+
+/* e^x for x <= 0 (or nan) with dexp's bits: the hot path, and the exact one for a vector that needs it. */
+INLINE vd dexp_nonpos(vd x) {
+    dm slow = dcmp(x, x, _CMP_FALSE_OQ);
+    vd y = dexp_fast(x, &slow);
+    if (__builtin_expect(dm_any(slow), 0)) y = dsel(slow, dexp(x), y);
+    return y;
+}
+
+INLINE vd dshift_lanes(vd m) { return dsel(dcmp(m, dset(-INFINITY), _CMP_EQ_OQ), dzero(), m); }
+
+/* log1p(x) in DW lanes, below 1 ulp: fdlibm's s_log1p.c (the algorithm of glibc's, which the row functions
+   call per row) without its branches. u = 1 + x = 2^k m with m in [sqrt2/2, sqrt2), f = m - 1 (exact), or
+   f = x itself where k = 0; c = the rounding error of u relative to u, so log1p(x) = k ln2 + log1p(f) + c;
+   log1p(f) = f - (f^2/2 - s (f^2/2 + R(s^2))) with s = f / (2 + f) and R fdlibm's degree-7 fit. k and m come
+   from u's bits (u is a positive normal number for every x > -1 that matters: x > -1 + 2^-53); -1 gives
+   -inf, below -1 nan, +inf +inf, nan nan. A table-free vector version: libm's log1p per lane cost ~6.5 ns
+   a row, as much as the rest of a 10-column cross-entropy row. */
+INLINE vd dlog1p(vd x) {
+    const int64_t sqrt_half = 0x3FE6A09E667F3BCDLL, bias = 1024LL << 52;  /* bits of sqrt(2)/2; k + 1024 >= 0 */
+    vd one = dset(1.0), u = dadd(x, one);
+    vl b = vl_of(u);
+    vl kb = vl_srl(vl_add(vl_sub(b, vl_set(sqrt_half)), vl_set(bias)), 52);  /* k + 1024 */
+    vd m = vd_of(vl_sub(vl_add(b, vl_set(bias)), vl_sll(kb, 52)));          /* u 2^-k */
+    vd k = dsub(vd_of(vl_add(kb, vl_set(0x4330000000000000LL))), dset(4503599627371520.0));  /* 2^52 + 1024 */
+    dm k0 = dcmp(k, dzero(), _CMP_EQ_OQ);
+    /* exact: u - x where u >= 2 (x > u / 2), u - 1 below (Sterbenz) */
+    vd c = dsel(dcmp(u, dset(2.0), _CMP_GE_OQ), dsub(one, dsub(u, x)), dsub(x, dsub(u, one)));
+    c = dsel(k0, dzero(), ddiv(c, u));
+    vd f = dsel(k0, x, dsub(m, one));
+    vd hfsq = dmul(dmul(dset(0.5), f), f);
+    vd s = ddiv(f, dadd(dset(2.0), f)), z = dmul(s, s);
+    vd r = dset(1.479819860511658591e-01);
+    r = dfma(r, z, dset(1.531383769920937332e-01));
+    r = dfma(r, z, dset(1.818357216161805012e-01));
+    r = dfma(r, z, dset(2.222219843214978396e-01));
+    r = dfma(r, z, dset(2.857142874366239149e-01));
+    r = dfma(r, z, dset(3.999999999940941908e-01));
+    r = dfma(r, z, dset(6.666666666666735130e-01));
+    r = dmul(r, z);
+    /* k ln2_hi - ((hfsq - (s (hfsq + R) + (k ln2_lo + c))) - f) */
+    vd lo = dfma(k, dset(1.90821492927058770002e-10), c);
+    vd y = dsub(dsub(hfsq, dadd(dmul(s, dadd(hfsq, r)), lo)), f);
+    y = dsub(dmul(k, dset(6.93147180369123816490e-01)), y);
+    y = dsel(dm_or(dcmp(x, dset(INFINITY), _CMP_EQ_OQ), dcmp(x, dzero(), _CMP_EQ_OQ)), x, y);  /* -0 too */
+    y = dsel(dcmp(x, dset(-1.0), _CMP_EQ_OQ), dset(-INFINITY), y);
+    y = dsel(dcmp(x, dset(-1.0), _CMP_LT_OQ), dset(NAN), y);
+    return dsel(dcmp(x, x, _CMP_UNORD_Q), x, y);
+}
+
+INLINE vd dcolumns_max(const double *c, int64_t n) {
+    vd m = dset(-INFINITY);
+    for (int64_t j = 0; j < n; ++j) m = dmax(m, dload(c + j * DW));
+    return m;
+}
+
+/* s' of DW rows from their columns, as drow_rest: exp(x - shift) summed over the entries != m (a nan entry
+   counts, so its nan reaches the sum), plus (copies of m) - 1; -1 for a fully masked row, nan for a row
+   whose max is +inf. */
+INLINE vd dcolumns_rest(const double *c, int64_t n, vd m) {
+    vd shift = dshift_lanes(m), s = dzero(), ties = dzero();
+    for (int64_t j = 0; j < n; ++j) {
+        vd cj = dload(c + j * DW);
+        dm k = dcmp(cj, m, _CMP_NEQ_UQ);
+        s = dadd_if(k, s, dexp_nonpos(dsub(cj, shift)));
+        ties = dadd_if(dm_not(k), ties, dset(1.0));
+    }
+    vd rest = dadd(s, dsub(ties, dset(1.0)));
+    rest = dsel(dcmp(m, dset(-INFINITY), _CMP_EQ_OQ), dset(-1.0), rest);
+    return dsel(dcmp(m, dset(INFINITY), _CMP_EQ_OQ), dset(NAN), rest);
+}
+
+/* softmax (y = e / S, as dsoftmax_row) or log-softmax (y = (x - shift) - log1p(s')) of DW rows. */
+INLINE void dnarrow_softmax(const dnarrow_tab *tab, const double *x, double *y, int log, int stream) {
+    _Alignas(64) double c[DNARROW_MAX * DW];
+    const int64_t n = tab->n;
+    dload_columns(x, n, c);
+    vd m = dcolumns_max(c, n), shift = dshift_lanes(m);
+    if (log) {
+        vd l = dlog1p(dcolumns_rest(c, n, m));
+        for (int64_t k = 0; k < n; ++k)
+            dput(y + k * DW, dsub(dsub(dload(x + k * DW), dper_row(tab, shift, k)), dper_row(tab, l, k)), stream);
+        return;
+    }
+    vd s = dzero();
+    for (int64_t j = 0; j < n; ++j) {
+        vd e = dexp_nonpos(dsub(dload(c + j * DW), shift));
+        dstore(c + j * DW, e);
+        s = dadd(s, e);
+    }
+    vd f = ddiv(dset(1.0), s);
+    for (int64_t j = 0; j < n; ++j) dstore(c + j * DW, dmul(dload(c + j * DW), f));
+    dstore_columns(c, n, y, stream);
+}
+
+/* softmax backward dx = y (dy - sum(dy y)), log-softmax backward dx = dy - exp(y) sum(dy), of DW rows. */
+INLINE void dnarrow_softmax_bwd(const dnarrow_tab *tab, const double *y, const double *dy, double *dx, int log,
+                                int stream) {
+    const int64_t n = tab->n;
+    /* the row sums along the rows, one scalar chain a row (the chains overlap): a second transpose, of y,
+       cost more than the whole reduction */
+    _Alignas(64) double dr[DW];
+    for (int r = 0; r < DW; ++r) {
+        const double *yr = y + r * n, *gr = dy + r * n;
+        double a = 0.0;
+        for (int64_t j = 0; j < n; ++j) a = log ? a + gr[j] : fma(gr[j], yr[j], a);
+        dr[r] = a;
+    }
+    vd d = dload(dr);
+    for (int64_t k = 0; k < n; ++k) {
+        vd yv = dload(y + k * DW), g = dload(dy + k * DW), dk = dper_row(tab, d, k);
+        dput(dx + k * DW, log ? dfnma(dexp(yv), dk, g) : dmul(yv, dsub(g, dk)), stream);
+    }
+}
+
+/* cross-entropy forward of DW rows (as dce_fwd_row); returns how many of their targets are outside [0, n). */
+INLINE int dnarrow_ce_fwd(const dnarrow_tab *tab, const double *x, const int64_t *t, double *loss, double *shift,
+                          double *lse_tail) {
+    _Alignas(64) double c[DNARROW_MAX * DW], tv[DW];
+    const int64_t n = tab->n;
+    int bad = 0;
+    for (int r = 0; r < DW; ++r) {  /* the targets as doubles (exact), -1 for a bad one */
+        int out = t[r] < 0 || t[r] >= n;
+        tv[r] = out ? -1.0 : (double)t[r];
+        bad += out;
+    }
+    dload_columns(x, n, c);
+    vd m = dcolumns_max(c, n), sh = dshift_lanes(m);
+    vd l = dlog1p(dcolumns_rest(c, n, m));
+    vd tg = dload(tv), xt = dzero();
+    for (int64_t j = 0; j < n; ++j)  /* x[t] of each row: pick column t */
+        xt = dsel(dcmp(tg, dset((double)j), _CMP_EQ_OQ), dload(c + j * DW), xt);
+    vd lv = dadd(dsub(sh, xt), l);
+    dstore(loss, dsel(dcmp(tg, dzero(), _CMP_LT_OQ), dset(NAN), lv));
+    dstore(shift, sh);
+    dstore(lse_tail, l);
+    return bad;
+}
+
+/* cross-entropy backward of DW rows: dx = g (exp((x - shift) - l) - onehot(t)), as dce_bwd_row. */
+INLINE void dnarrow_ce_bwd(const dnarrow_tab *tab, const double *x, const int64_t *t, const double *shift,
+                           const double *lse_tail, const double *g, double *dx, int stream) {
+    _Alignas(64) double tp[DW];
+    const int64_t n = tab->n;
+    for (int r = 0; r < DW; ++r)  /* the flat position of each row's target in the block, -1 for none */
+        tp[r] = t[r] < 0 || t[r] >= n ? -1.0 : (double)(r * n + t[r]);
+    vd pos = dload(tp), sh = dload(shift), l = dload(lse_tail), gv = dload(g), iota = dload(DIOTA);
+    for (int64_t k = 0; k < n; ++k) {
+        vd p = dexp_nonpos(dsub(dsub(dload(x + k * DW), dper_row(tab, sh, k)), dper_row(tab, l, k)));
+        dm hot = dcmp(dper_row(tab, pos, k), dadd(iota, dset((double)(k * DW))), _CMP_EQ_OQ);
+        p = dsel(hot, dsub(p, dset(1.0)), p);
+        dput(dx + k * DW, dmul(p, dper_row(tab, gv, k)), stream);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* driving: split the work into units (a row, or a block of W rows) over the threads                     */
 
 typedef struct {
     enum op op;
@@ -1375,10 +1628,13 @@ typedef struct {
     void *shift, *lse_tail;      /* the per-row statistics of the loss: float32 (float64 for float64 rows) */
     int64_t m, n;
     int narrow, stream;
-    narrow_tab tab;
+    narrow_tab tab;              /* float32 and half-precision narrow jobs */
+    dnarrow_tab dtab;            /* float64 narrow jobs */
 } job;
 
-static int64_t units_of(const job *j) { return j->narrow ? (j->m + W - 1) / W : j->m; }
+/* Rows per unit: a block of W rows (DW for float64) in the narrow layout, else one row. */
+static int64_t unit_rows(const job *j) { return !j->narrow ? 1 : j->dt == F64 ? DW : W; }
+static int64_t units_of(const job *j) { return (j->m + unit_rows(j) - 1) / unit_rows(j); }
 
 /* Widens len elements of dtype dt to float32 (src may be NULL: nothing to do). */
 INLINE void widen(const void *src, float *dst, int64_t len, int dt) {
@@ -1408,7 +1664,7 @@ INLINE int narrow_block(const job *j, const float *a, const float *b, float *out
 INLINE int64_t run_units_body(const job *j, int64_t u0, int64_t u1, const int dt) {
     const int64_t n = j->n, es = ESIZE(dt);
     int64_t bad = 0;
-    int64_t r0 = j->narrow ? u0 * W : u0, r1 = j->narrow ? u1 * W : u1;
+    int64_t r0 = u0 * unit_rows(j), r1 = u1 * unit_rows(j);
     if (r1 > j->m) r1 = j->m;
     int64_t r = r0;
     const char *a = (const char *)j->a, *b = (const char *)j->b;
@@ -1474,15 +1730,35 @@ __attribute__((flatten)) static int64_t run_units_f16(const job *j, int64_t u0, 
     return run_units_body(j, u0, u1, F16);
 }
 
-/* Rows [r0, r1) of a float64 job (one row per unit); the same returns as run_units_body. */
-static int64_t run_units_f64(const job *j, int64_t r0, int64_t r1) {
+/* Units [u0, u1) of a float64 job: DW-row blocks in the narrow layout (the last m % DW rows one at a
+   time), else rows; the same returns as run_units_body. */
+static int64_t run_units_f64(const job *j, int64_t u0, int64_t u1) {
     const int64_t n = j->n;
     const double *a = (const double *)j->a, *b = (const double *)j->b;
     double *out = (double *)j->out, *sh = (double *)j->shift, *lt = (double *)j->lse_tail;
+    const double *g = (const double *)j->g;
     double *e = NULL;
-    int64_t bad = 0;
-    if (j->op == OP_SOFTMAX && !(e = (double *)scratch(2 * n))) return -1;
-    for (int64_t r = r0; r < r1; ++r) {
+    int64_t bad = 0, r0 = u0 * unit_rows(j), r1 = u1 * unit_rows(j), r = r0;
+    if (r1 > j->m) r1 = j->m;
+    if (j->narrow) {
+        /* a block's output starts r n doubles in, r a multiple of DW: vector-aligned when the buffer is */
+        int st = j->stream && daligned(out);
+        const dnarrow_tab *tab = &j->dtab;
+        for (; r + DW <= r1; r += DW) {
+            const double *ar = a + r * n;
+            double *o = out + r * n;
+            switch (j->op) {
+            case OP_SOFTMAX: dnarrow_softmax(tab, ar, o, 0, st); break;
+            case OP_LOG_SOFTMAX: dnarrow_softmax(tab, ar, o, 1, st); break;
+            case OP_SOFTMAX_BWD: dnarrow_softmax_bwd(tab, ar, b + r * n, o, 0, st); break;
+            case OP_LOG_SOFTMAX_BWD: dnarrow_softmax_bwd(tab, ar, b + r * n, o, 1, st); break;
+            case OP_CE_FWD: bad += dnarrow_ce_fwd(tab, ar, j->t + r, out + r, sh + r, lt + r); break;
+            case OP_CE_BWD: dnarrow_ce_bwd(tab, ar, j->t + r, sh + r, lt + r, g + r, o, st); break;
+            }
+        }
+    }
+    if (j->op == OP_SOFTMAX && r < r1 && !(e = (double *)scratch(2 * n))) return -1;
+    for (; r < r1; ++r) {  /* wide rows, and the last few rows of a narrow job */
         const double *ar = a + r * n, *next = r + 1 < r1 ? ar + n : NULL;
         double *o = out + r * n;
         switch (j->op) {
@@ -1491,7 +1767,7 @@ static int64_t run_units_f64(const job *j, int64_t r0, int64_t r1) {
         case OP_SOFTMAX_BWD: dsoftmax_bwd_row(ar, b + r * n, o, n, 0, j->stream); break;
         case OP_LOG_SOFTMAX_BWD: dsoftmax_bwd_row(ar, b + r * n, o, n, 1, j->stream); break;
         case OP_CE_FWD: bad += dce_fwd_row(ar, j->t[r], n, out + r, sh + r, lt + r); break;
-        case OP_CE_BWD: dce_bwd_row(ar, j->t[r], n, sh[r], lt[r], ((const double *)j->g)[r], o, next, j->stream); break;
+        case OP_CE_BWD: dce_bwd_row(ar, j->t[r], n, sh[r], lt[r], g[r], o, next, j->stream); break;
         }
     }
     if (j->stream) _mm_sfence();
@@ -1510,8 +1786,13 @@ static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
 static int64_t run(job *j, int threads) {
     if (j->m <= 0 || (j->n <= 0 && j->op != OP_CE_FWD)) return 0;
     if (j->dt < F32 || j->dt > F64) return -2;
-    j->narrow = j->n <= W && j->m >= W && j->dt != F64;
-    if (j->narrow) narrow_init(&j->tab, j->n);
+    if (j->dt == F64) {
+        j->narrow = dnarrow_fits(j->op, j->n) && j->m >= DW;
+        if (j->narrow) dnarrow_init(&j->dtab, j->n);
+    } else {
+        j->narrow = j->n <= W && j->m >= W;
+        if (j->narrow) narrow_init(&j->tab, j->n);
+    }
     int64_t out_bytes = (j->op == OP_CE_FWD ? j->m : j->m * j->n) * (int64_t)ESIZE(j->dt);
     j->stream = out_bytes >= (int64_t)STREAM_MIN_BYTES;
     int64_t units = units_of(j);
@@ -1599,6 +1880,14 @@ void native_exp64(const double *x, double *y, int64_t len, int exact) {
             v = dm_any(slow) ? dsel(slow, dexp(v), y) : y;
         }
         dstore_mask(y + i, k, v);
+    }
+}
+
+/* The float64 vector log1p alone (the narrow float64 rows' log1p(s')). */
+void native_log1p64(const double *x, double *y, int64_t len) {
+    for (int64_t i = 0; i < len; i += DW) {
+        dm k = dtail(len - i);
+        dstore_mask(y + i, k, dlog1p(dload_mask(k, x + i, 0.0)));
     }
 }
 

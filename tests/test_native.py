@@ -149,6 +149,10 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
             torch.set_num_threads(n)
             outs.append([native.softmax(_logits(s).to(dt), -1) for s in ((65536, 10), (1823, 781), (64, 4096))
                          for dt in (torch.float32, torch.bfloat16)])
+            # float64 narrow blocks, split between threads at block boundaries, with a ragged last block
+            x64 = _logits((4099, 10)).double()
+            t64 = torch.arange(4099) % 10
+            outs[-1] += [native.log_softmax(x64, -1), native.cross_entropy(x64, t64)]
     finally:
         torch.set_num_threads(before)
     for a, b in zip(*outs, strict=True):
@@ -412,7 +416,11 @@ def test_other_dtypes(dtype: torch.dtype, isa: str) -> None:
 U64 = 2.0**-53  # float64 unit roundoff
 
 
-@pytest.mark.parametrize("n,c", [(1823, 781), (60000, 10), (5, 131072), (37, 3)], ids=str)
+# float64 rows of up to 32 run 8 rows at a time (4 on avx2), one row per lane, for the ops where that is
+# faster; the last m % 8 rows one at a time: the chapter's 256x10 and 60000x10, a ragged 37x10, the longest
+# narrow rows of each op with a remainder (13x12, 13x32), exactly one block of 16, rows of 7 and 3
+@pytest.mark.parametrize("n,c", [(1823, 781), (60000, 10), (5, 131072), (37, 3), (256, 10), (37, 10), (8, 16),
+                                 (13, 12), (13, 32), (45, 7)], ids=str)
 def test_float64_matches_a_float64_reference(n: int, c: int, isa: str) -> None:
     # torch's float64 kernels as the reference: both are a few u of float64 off the truth, far inside the
     # contract's 64 u (with the (1 + |ln p|) scaling of the exp of x - max)
@@ -458,6 +466,117 @@ def test_float64_exp_within_one_ulp_of_libm(isa: str) -> None:
     out = torch.empty_like(special)
     lib.native_exp64(special.data_ptr(), out.data_ptr(), 4, 1)
     assert out[0] == 0 and out[1].isnan() and out[2] == 1 and out[3] == math.inf
+
+
+def _f64_special_batch(rows: int, cols: int) -> torch.Tensor:
+    # every kind of row the float64 kernels single out, spread over the lanes of a block and the remainder
+    x = torch.randn((rows, cols), generator=torch.Generator().manual_seed(20), dtype=torch.float64) * 3
+    x[1, cols // 3] = math.nan                        # a nan row
+    x[2, cols // 2] = math.inf                        # a +inf row
+    x[3] = -math.inf                                  # a fully masked row
+    x[4, ::2] = -math.inf                             # a partially masked row
+    x[5] = 2.5                                        # all ties
+    x[6, :3] = 7.0                                    # three copies of the max
+    x[7, 1:] = x[7, 0] - 730.0                        # exps of x - max far below the normal range: subnormal
+    x[8, 1:] = x[8, 0] - 40.0                         # a confident row: s' ~ 1e-17, the loss kept by log1p
+    x[9] = 1e300                                      # huge equal logits
+    x[10, 0] = math.nan                               # nan at the target column
+    x[rows - 1, cols - 1] = math.inf                  # a +inf row in the remainder
+    x[rows - 2] = -math.inf                           # a fully masked row in the remainder
+    return x
+
+
+def _f64_ops(lib, x: torch.Tensor, t: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, rows: int | None = None):
+    """Every float64 op on x's first `rows` rows (all of them by default), through the raw kernels."""
+    m, n = x.shape if rows is None else (rows, x.shape[1])
+    out = {}
+    for log in (0, 1):
+        y = torch.full_like(x, 123.0)
+        assert lib.native_softmax_fwd(x.data_ptr(), y.data_ptr(), m, n, log, 3, 1) == 0
+        out["log_softmax" if log else "softmax"] = y
+        dx = torch.full_like(x, 123.0)
+        assert lib.native_softmax_bwd(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), m, n, log, 3, 1) == 0
+        out["log_softmax_bwd" if log else "softmax_bwd"] = dx
+    loss = torch.full((x.shape[0],), 123.0, dtype=torch.float64)
+    stats = torch.zeros(2 * x.shape[0], dtype=torch.float64)
+    s, lt = stats.data_ptr(), stats.data_ptr() + 8 * x.shape[0]
+    out["bad"] = lib.native_ce_fwd(x.data_ptr(), t.data_ptr(), loss.data_ptr(), s, lt, m, n, 3, 1)
+    out["loss"], out["shift"], out["lse_tail"] = loss, stats[: x.shape[0]], stats[x.shape[0]:]
+    dx = torch.full_like(x, 123.0)
+    assert lib.native_ce_bwd(x.data_ptr(), t.data_ptr(), s, lt, g.data_ptr(), dx.data_ptr(), m, n, 3, 1) == 0
+    out["ce_bwd"] = dx
+    return out
+
+
+@pytest.mark.parametrize("rows,cols", [(37, 10), (16, 10), (21, 7), (45, 12), (13, 16), (19, 32), (11, 3)], ids=str)
+def test_float64_narrow_blocks_match_the_row_kernels(rows: int, cols: int, isa: str) -> None:
+    # the same rows through the block kernels (all rows at once) and through the one-row kernels (one call per
+    # row: m = 1 is below a block): the same special values, and the same numbers up to the order of a row's
+    # sums (a few ulp); a bad target gives a nan loss and is counted
+    lib = native.library()
+    x = _f64_special_batch(rows, cols)
+    t = torch.randint(0, cols, (rows,), generator=torch.Generator().manual_seed(21))
+    t[5], t[9], t[10] = -1, cols, 0  # two bad targets; nan at the target
+    t[4], t[7], t[8] = 1, 0, 0  # an unmasked target; the max as the target of the far and confident rows
+    dy = torch.randn((rows, cols), generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    g = torch.rand(rows, generator=torch.Generator().manual_seed(23), dtype=torch.float64) + 0.5
+    got = _f64_ops(lib, x, t, dy, g)
+    assert got["bad"] == 2
+    want: dict[str, list[torch.Tensor]] = {}
+    for r in range(rows):
+        one = _f64_ops(lib, x[r:r + 1].clone(), t[r:r + 1].clone(), dy[r:r + 1].clone(), g[r:r + 1].clone())
+        for k, v in one.items():
+            want.setdefault(k, []).append(v if k != "bad" else torch.tensor([float(v)]))
+    ulp = 2.0**-52
+    for k, parts in want.items():
+        if k == "bad":
+            continue
+        a, b = got[k], torch.cat(parts)
+        if k == "shift":  # a nan row's shift is some entry of it (max ignores nan one way or another)
+            a, b = a[~x.isnan().any(1)], b[~x.isnan().any(1)]
+        differ = sorted(set((a.isnan() ^ b.isnan()).nonzero()[:, 0].tolist()))
+        assert torch.equal(a.isnan(), b.isnan()), f"{k}: nan in rows {differ}"
+        assert torch.equal(a.isinf(), b.isinf()) and torch.equal(a[a.isinf()], b[b.isinf()]), f"{k}: inf differ"
+        fin = torch.isfinite(a)
+        # a few ulp of the larger operand in each formula (the row sums' order), absolute 2^-1074 below normal
+        scale = (b.abs() + (1 if k in ("log_softmax", "loss", "log_softmax_bwd", "softmax_bwd", "ce_bwd") else 0))
+        tol = 8 * ulp * scale * (cols if k.endswith("bwd") else 1) + 2.0**-1074
+        excess = ((a - b).abs() / tol)[fin]
+        assert float(excess.max()) <= 1.0, f"{k}: {float(excess.max()):.3g}x the tolerance"
+    assert got["loss"][5].isnan() and got["loss"][9].isnan() and got["loss"][10].isnan()
+    assert torch.isfinite(got["loss"][[0, 4, 6, 7, 8]]).all()
+    assert got["loss"][8] > 0 and float(got["loss"][8]) == pytest.approx((cols - 1) * math.exp(-40.0), rel=1e-14)
+    assert 0 < float(got["loss"][7]) < 2.0**-1022  # log1p of a subnormal s'
+    assert (got["softmax"][4, ::2] == 0).all() and (got["ce_bwd"][4, ::2] == 0).all()
+    sub = got["softmax"][7, 1:]
+    assert ((sub > 0) & (sub < 2.0**-1022)).all(), "exp(-730) / S must come out subnormal, not 0"
+    assert float(got["softmax"][5, 0]) == pytest.approx(1 / cols, rel=1e-15)
+
+
+def test_float64_log1p_within_one_ulp(isa: str) -> None:
+    # the vector log1p of the narrow float64 rows, against glibc's (itself below 1 ulp) on s' from tiny to
+    # the row length, around the reduction's boundaries (sqrt2 - 1, 1, 2 sqrt2 - 1) and the specials
+    lib = native.library()
+    fn = lib.native_log1p64
+    g = torch.Generator().manual_seed(24)
+    x = torch.cat([torch.logspace(-320, 1.6, 100_001, dtype=torch.float64),
+                   torch.rand(100_000, generator=g, dtype=torch.float64) * 40,
+                   torch.linspace(0.41, 0.42, 20_001, dtype=torch.float64),
+                   torch.linspace(0.99, 1.01, 20_001, dtype=torch.float64),
+                   torch.linspace(1.82, 1.83, 20_001, dtype=torch.float64),
+                   -torch.rand(20_000, generator=g, dtype=torch.float64) * 0.999])
+    y = torch.empty_like(x)
+    fn(x.data_ptr(), y.data_ptr(), x.numel())
+    ref = torch.tensor([math.log1p(v) for v in x.tolist()], dtype=torch.float64)
+    up = torch.nextafter(ref.abs(), torch.tensor(math.inf, dtype=torch.float64))
+    spacing = (up - ref.abs()).clamp_min(2.0**-1074)
+    err = ((y - ref).abs() / spacing).max()
+    assert float(err) <= 1.0, f"float64 log1p: {float(err):.3f} ulp"
+    special = torch.tensor([0.0, -0.0, -1.0, -2.0, math.nan, math.inf], dtype=torch.float64)
+    out = torch.empty_like(special)
+    fn(special.data_ptr(), out.data_ptr(), special.numel())
+    assert out[0] == 0 and out[1] == 0 and math.copysign(1, float(out[1])) == -1 and out[2] == -math.inf
+    assert out[3].isnan() and out[4].isnan() and out[5] == math.inf
 
 
 def test_non_contiguous_and_other_dims() -> None:
