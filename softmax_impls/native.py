@@ -47,9 +47,9 @@ not DRAM):
                    log1p(s'); saves shift and log1p(s') [M] each (float32; float64 for float64 rows) for the
                    backward: MNe + 8M (targets) + M(e + 8).
   ce bwd           dx = g * (exp((x - shift) - log1p(s')) - onehot), one pass: 2MNe + M(16 + e).
-Rows of at most 16 elements (8 on the avx2 path; the chapter's 65536x10) run 16 (8) rows at a time, one
-row per lane (see the C file), so the exp is vectorised across rows instead of running a 10-element loop
-per row.
+Rows of at most 32 elements (16 on the avx2 path; the chapter's 65536x10 on both) run 16 (8) rows at a
+time, one row per lane (one or two in-register transposes, see the C file), so the exp is vectorised across
+rows instead of running a 10-element loop per row; float64 rows likewise 8 (4) at a time.
 """
 
 

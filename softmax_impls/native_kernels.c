@@ -28,10 +28,10 @@
  *
  * Two layouts of the work:
  *   wide rows   one row at a time, W lanes along the row, masked loads/stores for the tail;
- *   narrow rows (n <= W, at least W rows) W rows at a time, one row per lane: a W x W in-register
- *               transpose turns the block's rows into lanes, so max, exp and sum run across W rows at once
- *               instead of in a 10-element loop per row. Half-precision blocks are widened to float32 on the
- *               stack first (a block is at most 1 KiB).
+ *   narrow rows (n <= 2W, at least W rows) W rows at a time, one row per lane: a W x W in-register
+ *               transpose (two for n > W: columns 0 .. W-1 and n-W .. n-1) turns the block's rows into lanes,
+ *               so max, exp and sum run across W rows at once instead of in a 10-element loop per row.
+ *               Half-precision blocks are widened to float32 on the stack first (a block is at most 2 KiB).
  *
  * Numerics (the contract in native.py):
  *   - exp: range reduction n = round(x log2 e), r = x - n ln2 (two-constant split), a degree-6 minimax
@@ -1009,12 +1009,20 @@ INLINE void ce_bwd_row(const void *x, int64_t t, int64_t n, float sh, float l, f
    W rows are handled at once, one per lane. The W x n block moves between the two layouts by a W x W
    in-register transpose (64 shuffles for 16; vgatherdps, the obvious alternative, costs ~24 cycles per
    vector on Zen 4 and was 3x slower). Per-row values reach a flat, row-major vector k of the block
-   (elements W k .. W k + W - 1, rows (W k + lane) / n) by one vpermps with the index table row_of[k]. */
+   (elements W k .. W k + W - 1, rows (W k + lane) / n) by one vpermps with the index table row_of[k].
+
+   Rows of W < n <= 2W (the chapter's 10 columns on the AVX2 path, 17..32 on AVX-512) take two transposes:
+   columns 0 .. W-1, and the window of columns n-W .. n-1, read and written unmasked (both lie inside the
+   row). The windows overlap in columns n-W .. W-1; the second transpose lands its columns at c[n-W ..],
+   over the first's copies of the same values, so c[0:n) holds every column once, in order, and the
+   column loops below are the same for one half or two; neither half needs a masked load or store.
+   Whether a job takes two is a compile-time argument (`two`) of every function below, so rows of n <= W
+   keep the one-transpose code. */
 typedef struct {
     int64_t n;
-    vm cols;           /* the first n lanes: one row of the block */
-    vi row_of[W];      /* (W k + lane) / n */
-    vi col_of[W];      /* (W k + lane) % n */
+    vm cols;           /* the first n lanes: one row of the block (n <= W) */
+    vi row_of[2 * W];  /* (W k + lane) / n */
+    vi col_of[2 * W];  /* (W k + lane) % n */
 } narrow_tab;
 
 static void narrow_init(narrow_tab *tab, int64_t n) {
@@ -1034,29 +1042,59 @@ static void narrow_init(narrow_tab *tab, int64_t n) {
 
 INLINE vf per_row(const narrow_tab *tab, vf v, int64_t k) { return vperm(v, tab->row_of[k]); }
 
+/* n, with its range told to the compiler: at most W for one half, the bound the arrays of W columns gave
+   the column loops before rows of up to 2W existed. Without it (GCC then codes the loops for up to 2W), the
+   softmax backward of rows of 5 ran 15-25% slower on AVX-512. */
+INLINE int64_t ncols(const narrow_tab *tab, const int two) {
+    int64_t n = tab->n;
+    if (n > (two ? 2 * W : W)) __builtin_unreachable();
+    return n;
+}
+
 /* The W rows at x (n apart) as columns: c[j] lane r = x[r n + j] for j < n. */
-INLINE void load_columns(const narrow_tab *tab, const float *x, vf c[W]) {
-    for (int r = 0; r < W; ++r) c[r] = vload_mask(tab->cols, x + r * tab->n, 0.0f);
+INLINE void load_columns(const narrow_tab *tab, const float *x, vf c[2 * W], const int two) {
+    const int64_t n = ncols(tab, two);
+    if (!two) {
+        for (int r = 0; r < W; ++r) c[r] = vload_mask(tab->cols, x + r * n, 0.0f);
+        transpose(c);
+        return;
+    }
+    for (int r = 0; r < W; ++r) c[r] = vload(x + r * n);
     transpose(c);
+    vf *hi = c + (n - W);  /* columns n-W .. n-1; the first 2W - n of them rewritten with the same values */
+    for (int r = 0; r < W; ++r) hi[r] = vload(x + r * n + n - W);
+    transpose(hi);
 }
 
-/* The inverse: columns c[0:n) back to W rows of n at y. */
-INLINE void store_columns(const narrow_tab *tab, vf c[W], float *y) {
-    for (int64_t j = tab->n; j < W; ++j) c[j] = vzero();
+/* The inverse: columns c[0:n) back to W rows of n at y (c is clobbered). */
+INLINE void store_columns(const narrow_tab *tab, vf c[2 * W], float *y, const int two) {
+    const int64_t n = ncols(tab, two);
+    if (!two) {
+        for (int64_t j = n; j < W; ++j) c[j] = vzero();
+        transpose(c);
+        for (int r = 0; r < W; ++r) vstore_mask(y + r * n, tab->cols, c[r]);
+        return;
+    }
+    vf hi[W];  /* a copy: the window overlaps the first half, which its transpose would scramble */
+    for (int i = 0; i < W; ++i) hi[i] = c[n - W + i];
+    transpose(hi);
     transpose(c);
-    for (int r = 0; r < W; ++r) vstore_mask(y + r * tab->n, tab->cols, c[r]);
+    for (int r = 0; r < W; ++r) {  /* the overlap is written twice, with the same values */
+        vstore(y + r * n, c[r]);
+        vstore(y + r * n + n - W, hi[r]);
+    }
 }
 
-INLINE vf columns_max(const narrow_tab *tab, const vf c[W]) {
+INLINE vf columns_max(const vf c[2 * W], int64_t n) {
     vf m = vset(-INFINITY);
-    for (int64_t j = 0; j < tab->n; ++j) m = vmax(m, c[j]);
+    for (int64_t j = 0; j < n; ++j) m = vmax(m, c[j]);
     return m;
 }
 
 /* s' of W rows from their columns (see row_rest). */
-INLINE vf columns_rest(const narrow_tab *tab, const vf c[W], vf m) {
+INLINE vf columns_rest(const vf c[2 * W], int64_t n, vf m) {
     vf shift = shift_of(m), s = vzero(), ties = vzero();
-    for (int64_t j = 0; j < tab->n; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
         vm k = vcmp(c[j], m, _CMP_NEQ_UQ);
         s = vadd_if(k, s, vexp_nonpos(vsub(c[j], shift), F32));
         ties = vadd_if(m_not(k), ties, vset(1.0f));
@@ -1065,20 +1103,21 @@ INLINE vf columns_rest(const narrow_tab *tab, const vf c[W], vf m) {
 }
 
 /* Row sums of a flat W x n block (the segmented sums of a row-major buffer). */
-INLINE vf row_sums(const narrow_tab *tab, const float *v) {
-    vf c[W], s = vzero();
-    load_columns(tab, v, c);
-    for (int64_t j = 0; j < tab->n; ++j) s = vadd(s, c[j]);
+INLINE vf row_sums(const narrow_tab *tab, const float *v, const int two) {
+    vf c[2 * W], s = vzero();
+    int64_t n = ncols(tab, two);
+    load_columns(tab, v, c, two);
+    for (int64_t j = 0; j < n; ++j) s = vadd(s, c[j]);
     return s;
 }
 
-INLINE void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int log) {
-    vf c[W];
-    int64_t n = tab->n;
-    load_columns(tab, x, c);
-    vf m = columns_max(tab, c), shift = shift_of(m);
+INLINE void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int log, const int two) {
+    vf c[2 * W];
+    int64_t n = ncols(tab, two);
+    load_columns(tab, x, c, two);
+    vf m = columns_max(c, n), shift = shift_of(m);
     if (log) {
-        vf l = vlog1p(columns_rest(tab, c, m));
+        vf l = vlog1p(columns_rest(c, n, m));
         for (int64_t j = 0; j < n; ++j) c[j] = vsub(vsub(c[j], shift), l);
     } else {
         vf s = vzero();
@@ -1089,21 +1128,21 @@ INLINE void narrow_softmax(const narrow_tab *tab, const float *x, float *y, int 
         vf inv = vdiv(vset(1.0f), s);
         for (int64_t j = 0; j < n; ++j) c[j] = vmul(c[j], inv);
     }
-    store_columns(tab, c, y);
+    store_columns(tab, c, y, two);
 }
 
 INLINE void vput(float *p, vf v, int stream) { if (stream) vstream(p, v); else vstore(p, v); }
 
 INLINE void narrow_softmax_bwd(const narrow_tab *tab, const float *y, const float *dy, float *dx, int log,
-                               int stream) {
-    _Alignas(64) float prod[W * W];
-    int64_t n = tab->n;
+                               int stream, const int two) {
+    _Alignas(64) float prod[W * 2 * W];
+    int64_t n = ncols(tab, two);
     const float *src = dy;
     if (!log) {
         for (int64_t k = 0; k < n; ++k) vstore(prod + k * W, vmul(vload(y + k * W), vload(dy + k * W)));
         src = prod;
     }
-    vf d = row_sums(tab, src);
+    vf d = row_sums(tab, src, two);
     for (int64_t k = 0; k < n; ++k) {
         vf yv = vload(y + k * W), g = vload(dy + k * W), dk = per_row(tab, d, k);
         vput(dx + k * W, log ? vfnma(vexp(yv), dk, g) : vmul(yv, vsub(g, dk)), stream);
@@ -1125,15 +1164,16 @@ INLINE vi narrow_targets(const int64_t *t, int64_t n, vm *bad) {
 
 /* Returns how many of the W targets are out of range (their loss is nan). */
 INLINE int narrow_ce_fwd(const narrow_tab *tab, const float *x, const int64_t *t, float *loss, float *shift,
-                         float *lse_tail) {
-    vf c[W];
-    load_columns(tab, x, c);
-    vf m = columns_max(tab, c), sh = shift_of(m);
-    vf l = vlog1p(columns_rest(tab, c, m));
+                         float *lse_tail, const int two) {
+    vf c[2 * W];
+    int64_t n = ncols(tab, two);
+    load_columns(tab, x, c, two);
+    vf m = columns_max(c, n), sh = shift_of(m);
+    vf l = vlog1p(columns_rest(c, n, m));
     vm bad;
-    vi t32 = narrow_targets(t, tab->n, &bad);
+    vi t32 = narrow_targets(t, n, &bad);
     vf xt = vzero();
-    for (int64_t j = 0; j < tab->n; ++j)  /* x[t] of each row: pick column t */
+    for (int64_t j = 0; j < n; ++j)  /* x[t] of each row: pick column t */
         xt = vsel(vi_eq(t32, vi_set((int32_t)j)), c[j], xt);
     vf lv = vadd(vsub(sh, xt), l);
     vstore(loss, vsel(bad, vset(NAN), lv));
@@ -1143,11 +1183,12 @@ INLINE int narrow_ce_fwd(const narrow_tab *tab, const float *x, const int64_t *t
 }
 
 INLINE void narrow_ce_bwd(const narrow_tab *tab, const float *x, const int64_t *t, const float *shift,
-                          const float *lse_tail, const float *g, float *dx, int stream) {
-    vi t32 = narrow_targets(t, tab->n, NULL);
+                          const float *lse_tail, const float *g, float *dx, int stream, const int two) {
+    int64_t n = ncols(tab, two);
+    vi t32 = narrow_targets(t, n, NULL);
     /* exp((x - shift) - l): x - shift is exact near the max, and l = log1p(s') is small */
     vf sh = vload(shift), l = vload(lse_tail), gv = vload(g);
-    for (int64_t k = 0; k < tab->n; ++k) {
+    for (int64_t k = 0; k < n; ++k) {
         vf p = vexp_nonpos(vsub(vsub(vload(x + k * W), per_row(tab, sh, k)), per_row(tab, l, k)), F32);
         vm hot = vi_eq(tab->col_of[k], vi_of(vperm(vf_of(t32), tab->row_of[k])));
         p = vsel(hot, vsub(p, vset(1.0f)), p);
@@ -1645,16 +1686,17 @@ INLINE void widen(const void *src, float *dst, int64_t len, int dt) {
 }
 
 /* One W-row block of a narrow float32 job: a, b (y, dy), out of the block, t, shift, lse_tail and g of its
-   first row. Returns the number of bad targets (ce forward). */
+   first row; two: rows of more than W (a constant at each call). Returns the number of bad targets (ce
+   forward). */
 INLINE int narrow_block(const job *j, const float *a, const float *b, float *out, const int64_t *t, float *shift,
-                        float *lse_tail, const float *g, int st) {
+                        float *lse_tail, const float *g, int st, const int two) {
     switch (j->op) {
-    case OP_SOFTMAX: narrow_softmax(&j->tab, a, out, 0); break;
-    case OP_LOG_SOFTMAX: narrow_softmax(&j->tab, a, out, 1); break;
-    case OP_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, b, out, 0, st); break;
-    case OP_LOG_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, b, out, 1, st); break;
-    case OP_CE_FWD: return narrow_ce_fwd(&j->tab, a, t, out, shift, lse_tail);
-    case OP_CE_BWD: narrow_ce_bwd(&j->tab, a, t, shift, lse_tail, g, out, st); break;
+    case OP_SOFTMAX: narrow_softmax(&j->tab, a, out, 0, two); break;
+    case OP_LOG_SOFTMAX: narrow_softmax(&j->tab, a, out, 1, two); break;
+    case OP_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, b, out, 0, st, two); break;
+    case OP_LOG_SOFTMAX_BWD: narrow_softmax_bwd(&j->tab, a, b, out, 1, st, two); break;
+    case OP_CE_FWD: return narrow_ce_fwd(&j->tab, a, t, out, shift, lse_tail, two);
+    case OP_CE_BWD: narrow_ce_bwd(&j->tab, a, t, shift, lse_tail, g, out, st, two); break;
     }
     return 0;
 }
@@ -1672,20 +1714,25 @@ INLINE int64_t run_units_body(const job *j, int64_t u0, int64_t u1, const int dt
     if (j->narrow) {
         /* the output of a W-row block is W n floats: vector-aligned when the buffers are */
         int stream_ok = j->stream && dt == F32 && vec_aligned(j->out, 0, F32);
+        const int two = n > W;  /* the same for every block: a predictable branch between two inlined copies */
         for (; r + W <= r1; r += W) {
             if (dt == F32) {
                 const float *fa = (const float *)j->a, *fb = (const float *)j->b;
                 float *fo = (float *)j->out + (j->op == OP_CE_FWD ? r : r * n);
-                bad += narrow_block(j, fa + r * n, fb ? fb + r * n : NULL, fo, j->t + r, (float *)j->shift + r,
-                                    (float *)j->lse_tail + r, j->g ? (const float *)j->g + r : NULL, stream_ok);
+                const float *ga = fa + r * n, *gb = fb ? fb + r * n : NULL, *gg = j->g ? (const float *)j->g + r : NULL;
+                float *sh = (float *)j->shift + r, *lt = (float *)j->lse_tail + r;
+                bad += two ? narrow_block(j, ga, gb, fo, j->t + r, sh, lt, gg, stream_ok, 1)
+                           : narrow_block(j, ga, gb, fo, j->t + r, sh, lt, gg, stream_ok, 0);
                 continue;
             }
             /* half precision: widen the block (and dloss) to float32, run the float32 block, round back */
-            _Alignas(64) float xa[W * W], xb[W * W], xo[W * W], xg[W] = {0};
+            _Alignas(64) float xa[W * 2 * W], xb[W * 2 * W], xo[W * 2 * W], xg[W] = {0};
             widen(a + r * n * es, xa, W * n, dt);
             widen(j->b ? b + r * n * es : NULL, xb, W * n, dt);
             widen(j->g ? (const char *)j->g + r * es : NULL, xg, W, dt);
-            bad += narrow_block(j, xa, xb, xo, j->t + r, (float *)j->shift + r, (float *)j->lse_tail + r, xg, 0);
+            float *sh = (float *)j->shift + r, *lt = (float *)j->lse_tail + r;
+            bad += two ? narrow_block(j, xa, xb, xo, j->t + r, sh, lt, xg, 0, 1)
+                       : narrow_block(j, xa, xb, xo, j->t + r, sh, lt, xg, 0, 0);
             int64_t len = j->op == OP_CE_FWD ? W : W * n, i = 0;
             char *o = out + (j->op == OP_CE_FWD ? r : r * n) * es;
             for (; i + W <= len; i += W) st(o, i, vload(xo + i), dt, 0);
@@ -1783,6 +1830,19 @@ static int64_t run_units(const job *j, int64_t u0, int64_t u1) {
     }
 }
 
+/* Whether a job takes the narrow layout: rows of at most 2W, at least W of them, except where the wide rows
+   are two whole vectors (n = 2W, no masked tail) on AVX-512 and the op has little per-row work to share: there
+   the two 16 x 16 transposes (and a half-precision block's trip through the stack) cost more than they save.
+   Measured at 65536x32, 1 thread (ms, wide / narrow): softmax backward float32 1.02 / 1.15, bfloat16
+   0.57 / 0.99; softmax forward bfloat16 1.33 / 1.50 (float16 takes the same trip through the stack) but
+   float32 1.32 / 1.01; log-softmax and cross-entropy ran 1.4-2.7x faster narrow. On AVX2 (n = 16) narrow
+   was as fast or faster in every op. */
+static int narrow_pays(const job *j) {
+    if (j->dt == F64 || j->m < W || j->n > 2 * W) return 0;
+    if (j->n < 2 * W || W < 16) return 1;
+    return !(j->op == OP_SOFTMAX_BWD || (j->op == OP_SOFTMAX && j->dt != F32));
+}
+
 static int64_t run(job *j, int threads) {
     if (j->m <= 0 || (j->n <= 0 && j->op != OP_CE_FWD)) return 0;
     if (j->dt < F32 || j->dt > F64) return -2;
@@ -1790,7 +1850,7 @@ static int64_t run(job *j, int threads) {
         j->narrow = dnarrow_fits(j->op, j->n) && j->m >= DW;
         if (j->narrow) dnarrow_init(&j->dtab, j->n);
     } else {
-        j->narrow = j->n <= W && j->m >= W;
+        j->narrow = narrow_pays(j);
         if (j->narrow) narrow_init(&j->tab, j->n);
     }
     int64_t out_bytes = (j->op == OP_CE_FWD ? j->m : j->m * j->n) * (int64_t)ESIZE(j->dt);
