@@ -174,28 +174,37 @@ def test_half_precision_matches_float64(dtype: torch.dtype, n: int, c: int, isa:
     # computation (64 u of float32, scaled as the contract scales) plus one rounding to the dtype
     ud, sub = _half(dtype)
     x = _logits((n, c), seed=11).to(dtype)
+    t = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(12))
+    w = (torch.rand(n, generator=torch.Generator().manual_seed(13), dtype=torch.float64) + 0.5).to(dtype)
+    dy = torch.randn((n, c), generator=torch.Generator().manual_seed(14), dtype=torch.float64).to(dtype)
+    assert_ops_match_float64(x, t, w, dy, ud, sub)
+
+
+def assert_ops_match_float64(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, ud: float,
+                             sub: float, dx_extra_u: float = 0.0) -> torch.Tensor:
+    """softmax, log_softmax, the loss with its gradient (under dloss w) and the softmax backward (under dy) of
+    x against float64 on the same dtype-rounded inputs, within one rounding to the dtype (ud, sub) plus the
+    float32 computation's T; `dx_extra_u` widens the softmax backward's. Returns the float64 probabilities."""
+    n = x.shape[1]
     xd = x.double()
     p = torch.softmax(xd, 1)
     y = native.softmax(x, 1)
-    assert y.dtype == dtype
+    assert y.dtype == x.dtype
     _assert_within("softmax", y, p, ud * p + _prob_tol(p) + sub)
     ls = torch.log_softmax(xd, 1)
     _assert_within("log_softmax", native.log_softmax(x, 1), ls, (ud + T) * ls.abs().clamp_min(1.0))
     # cross-entropy and its gradient, with a non-uniform dloss (itself rounded to the dtype)
-    t = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(12))
-    w = (torch.rand(n, generator=torch.Generator().manual_seed(13), dtype=torch.float64) + 0.5).to(dtype)
     leaf = x.clone().requires_grad_()
     loss = native.cross_entropy(leaf, t)
-    assert loss.dtype == dtype
+    assert loss.dtype == x.dtype
     loss.backward(w)
     ref = F.cross_entropy(xd, t, reduction="none")
     _assert_within("loss", loss, ref, (ud + T) * ref.abs().clamp_min(1.0))
-    onehot = F.one_hot(t, c).double()
+    onehot = F.one_hot(t, n).double()
     want = w.double()[:, None] * (p - onehot)
     tol = ud * want.abs() + w.double()[:, None] * (_prob_tol(p) + T * onehot) + sub
     _assert_within("dlogits", leaf.grad, want, tol)
     # softmax backward from the forward's own (rounded) output: dx = y (dy - sum dy y)
-    dy = torch.randn((n, c), generator=torch.Generator().manual_seed(14), dtype=torch.float64).to(dtype)
     leaf = x.clone().requires_grad_()
     native.softmax(leaf, 1).backward(dy)
     dyd = dy.double()
@@ -203,7 +212,8 @@ def test_half_precision_matches_float64(dtype: torch.dtype, n: int, c: int, isa:
     spread = dyd.abs() + (p * dyd.abs()).sum(1, keepdim=True)
     scale = p * spread * (1 + p.clamp_min(1e-300).log().abs())
     # y's own rounding near the subnormal range is absolute (sub), and dx carries it times dy - sum dy y
-    _assert_within("softmax dx", leaf.grad, want, 4 * ud * scale + sub * (spread + 1))
+    _assert_within("softmax dx", leaf.grad, want, 4 * (ud + dx_extra_u) * scale + sub * (spread + 1))
+    return p
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)

@@ -19,7 +19,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_native import HALF, ISAS, T, _assert_within, _half, _logits, _prob_tol, isa  # noqa: F401
+from test_native import (  # noqa: F401 - isa is the fixture
+    HALF,
+    ISAS,
+    T,
+    _assert_within,
+    _half,
+    _logits,
+    _prob_tol,
+    assert_ops_match_float64,
+    isa,
+)
 
 from softmax_impls import native
 
@@ -57,38 +67,12 @@ def test_every_op_matches_float64(n: int, m: int, dtype: torch.dtype, isa: str) 
     # computation (64 u of float32, scaled as the contract scales) plus one rounding to the dtype
     ud, sub = _units(dtype)
     x = _logits((m, n), seed=100 + n + m).to(dtype)
-    xd = x.double()
-    p = torch.softmax(xd, 1)
-    y = native.softmax(x, 1)
-    assert y.dtype == dtype
-    _assert_within("softmax", y, p, ud * p + _prob_tol(p) + sub)
-    ls = torch.log_softmax(xd, 1)
-    _assert_within("log_softmax", native.log_softmax(x, 1), ls, (ud + T) * ls.abs().clamp_min(1.0))
-
-    # cross-entropy and its gradient, with a non-uniform dloss (itself rounded to the dtype)
     t = torch.randint(0, n, (m,), generator=torch.Generator().manual_seed(n * m))
     t[:3] = torch.tensor([0, n - 1, min(16, n - 1)])  # the first and last columns, and one past the first half
     w = (torch.rand(m, generator=torch.Generator().manual_seed(m), dtype=torch.float64) + 0.5).to(dtype)
-    leaf = x.clone().requires_grad_()
-    loss = native.cross_entropy(leaf, t)
-    assert loss.dtype == dtype
-    loss.backward(w)
-    ref = F.cross_entropy(xd, t, reduction="none")
-    _assert_within("loss", loss, ref, (ud + T) * ref.abs().clamp_min(1.0))
-    onehot = F.one_hot(t, n).double()
-    want = w.double()[:, None] * (p - onehot)
-    tol = ud * want.abs() + w.double()[:, None] * (_prob_tol(p) + T * onehot) + sub
-    _assert_within("dlogits", leaf.grad, want, tol)
-
-    # softmax backward from the forward's own (rounded) output: dx = y (dy - sum dy y)
     dy = torch.randn((m, n), generator=torch.Generator().manual_seed(n + 7 * m), dtype=torch.float64).to(dtype)
+    p = assert_ops_match_float64(x, t, w, dy, ud, sub, dx_extra_u=T)
     dyd = dy.double()
-    leaf = x.clone().requires_grad_()
-    native.softmax(leaf, 1).backward(dy)
-    want = p * (dyd - (p * dyd).sum(1, keepdim=True))
-    spread = dyd.abs() + (p * dyd.abs()).sum(1, keepdim=True)
-    scale = p * spread * (1 + p.clamp_min(1e-300).log().abs())
-    _assert_within("softmax dx", leaf.grad, want, 4 * (ud + T) * scale + sub * (spread + 1))
 
     # log-softmax backward from its own output: dx = dy - exp(y) sum dy; exp of the rounded y is off by
     # |y| ud relative, that is p |ln p| ud, times sum |dy|
