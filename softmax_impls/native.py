@@ -323,16 +323,16 @@ def _checked(status: int) -> None:
         raise MemoryError("native kernels: out of memory for a per-thread scratch row")
 
 
-def _softmax_rows(x: Tensor, log: bool) -> Tensor:
+def _softmax_rows(x: Tensor, log: bool, lib: ctypes.CDLL | None = None) -> Tensor:
     """softmax / log_softmax of a contiguous [M, N] float32/bfloat16/float16 tensor, no autograd."""
     y = torch.empty_like(x)
     if x.numel():
-        _checked(library().native_softmax_fwd(x.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], int(log),
-                                              DTYPE_CODES[x.dtype], _threads()))
+        _checked((lib or library()).native_softmax_fwd(x.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], int(log),
+                                                       DTYPE_CODES[x.dtype], _threads()))
     return y
 
 
-def _ce_rows(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def _ce_rows(logits: Tensor, target: Tensor, lib: ctypes.CDLL | None = None) -> tuple[Tensor, Tensor]:
     """(loss [M] in the logits' dtype, stats [2M] = per-row shift, then log1p(s'), float32 or float64 for
     float64 logits) of contiguous logits and int64 targets."""
     m, n = logits.shape
@@ -340,59 +340,86 @@ def _ce_rows(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     stats = torch.empty(2 * m, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
     if m:
         s = stats.data_ptr()
-        bad = library().native_ce_fwd(logits.data_ptr(), target.data_ptr(), loss.data_ptr(), s,
-                                      s + stats.element_size() * m, m, n, DTYPE_CODES[logits.dtype], _threads())
+        bad = (lib or library()).native_ce_fwd(logits.data_ptr(), target.data_ptr(), loss.data_ptr(), s,
+                                               s + stats.element_size() * m, m, n, DTYPE_CODES[logits.dtype],
+                                               _threads())
         _checked(bad)
         if bad:
             raise IndexError(f"cross_entropy: {bad} target(s) outside [0, {n})")
     return loss, stats
 
 
+def _dense(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t in dtype, contiguous (a sum's gradient arrives expanded, stride 0); t itself when it already is."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+
+
+# The backward of each Function runs without grad mode (the common case) on a short path: at the chapter's
+# 256x10 the kernels take 3-6 us and the Python around them decides whether native beats torch there, so it
+# skips once_differentiable's no_grad block and asks for the library once per forward (ctx.lib). Under
+# create_graph=True it goes through once_differentiable, which makes a second differentiation raise.
+
 class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, log: bool) -> Tensor:  # x: contiguous [M, N] of a kernel dtype
-        y = _softmax_rows(x, log)
+        ctx.lib = library()
+        y = _softmax_rows(x, log, ctx.lib)
         ctx.save_for_backward(y)
         ctx.log = log
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
+        if torch.is_grad_enabled():
+            return _Softmax.backward_once(ctx, dy)
+        return _Softmax.backward_body(ctx, dy)
+
+    @staticmethod
+    def backward_body(ctx, dy: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
-        dy = dy.to(y.dtype).contiguous()  # a sum's gradient arrives expanded (stride 0)
+        dy = _dense(dy, y.dtype)
         dx = torch.empty_like(y)
         if y.numel():
-            _checked(library().native_softmax_bwd(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.shape[0], y.shape[1],
-                                                  int(ctx.log), DTYPE_CODES[y.dtype], _threads()))
+            _checked(ctx.lib.native_softmax_bwd(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.shape[0], y.shape[1],
+                                                int(ctx.log), DTYPE_CODES[y.dtype], _threads()))
         return dx, None
+
+    backward_once = staticmethod(once_differentiable(backward_body.__func__))
 
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits contiguous [M, N], target int64
-        loss, stats = _ce_rows(logits, target)
+        ctx.lib = library()
+        loss, stats = _ce_rows(logits, target, ctx.lib)
         ctx.save_for_backward(logits, target, stats)
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+        if torch.is_grad_enabled():
+            return _CrossEntropy.backward_once(ctx, g)
+        return _CrossEntropy.backward_body(ctx, g)
+
+    @staticmethod
+    def backward_body(ctx, g: Tensor) -> tuple[Tensor, None]:
         logits, target, stats = ctx.saved_tensors
-        g = g.to(logits.dtype).contiguous()
+        g = _dense(g, logits.dtype)
         dx = torch.empty_like(logits)
         if logits.numel():
-            m, s = logits.shape[0], stats.data_ptr()
-            _checked(library().native_ce_bwd(logits.data_ptr(), target.data_ptr(), s, s + stats.element_size() * m,
-                                              g.data_ptr(),
-                                              dx.data_ptr(), *logits.shape, DTYPE_CODES[logits.dtype], _threads()))
+            m, n = logits.shape
+            s = stats.data_ptr()
+            _checked(ctx.lib.native_ce_bwd(logits.data_ptr(), target.data_ptr(), s, s + stats.element_size() * m,
+                                           g.data_ptr(), dx.data_ptr(), m, n, DTYPE_CODES[logits.dtype], _threads()))
         return dx, None
+
+    backward_once = staticmethod(once_differentiable(backward_body.__func__))
 
 
 # -- the interface ------------------------------------------------------------------------------------
 
 def _check_device(x: Tensor) -> None:
-    if x.device.type != "cpu":
+    if not x.is_cpu:  # (x.device builds a device object: a microsecond a call at the chapter's 256x10)
         raise ValueError(f"native kernels run on CPU tensors only, not {x.device}")
 
 

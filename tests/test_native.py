@@ -713,3 +713,15 @@ def test_streamed_rows_off_the_cache_lines(dtype: torch.dtype, isa: str) -> None
     w = (torch.rand(m, generator=torch.Generator().manual_seed(7), dtype=torch.float64) + 0.5).to(dtype)
     dy = torch.randn((m, n), generator=torch.Generator().manual_seed(8), dtype=torch.float64).to(dtype)
     assert_ops_match_float64(x, t, w, dy, ud, sub, dx_extra_u=T)  # float32's computation, as the narrow tests
+
+
+def test_a_second_differentiation_raises_instead_of_returning_a_wrong_gradient() -> None:
+    # the backward has a short path without grad mode; under create_graph it must still refuse to be
+    # differentiated again (the kernels' backward is not itself differentiable)
+    x = _logits((4, 10), seed=3).double().requires_grad_()
+    target = torch.tensor([0, 3, 9, 5])
+    for out in (native.softmax(x, 1) ** 2, native.log_softmax(x, 1) ** 2, native.cross_entropy(x, target)):
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        torch.testing.assert_close(gx.detach(), torch.autograd.grad(out.sum(), x, retain_graph=True)[0])
+        with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
+            gx.sum().backward()
