@@ -347,3 +347,28 @@ def test_big_cpu_units_time_the_variant_and_the_copies_in_turns(tmp_path) -> Non
         copy.loc[1000, "message"].startswith("copy_ only:")
     assert "interleaved" in reps.loc[1000, "message"] and "interleaved" not in reps.loc[10, "message"]
     assert "in turns" not in copy.loc[10, "message"] and copy["value"].gt(0).all()
+
+
+def test_a_peak_below_the_calls_own_output_is_not_credited(tmp_path):
+    # a call whose buffers live outside the watched allocators (here: an anonymous mmap, as XLA's and
+    # onnxruntime's own arenas) must not be credited with ~0 bytes: its peak row says it was not measurable
+    import mmap
+
+    def mmap_softmax(x, dim=-1):
+        buf = mmap.mmap(-1, x.numel() * x.element_size())  # neither malloc nor an aten op allocates it
+        y = torch.frombuffer(buf, dtype=x.dtype).view(x.shape)  # (frombuffer keeps buf alive)
+        torch.exp(x, out=y)
+        return y.div_(y.sum(dim, keepdim=True))  # only the row sums come from malloc
+
+    hidden = Variant(name="hidden_alloc", summary="allocates its output where the harness does not look",
+                     softmax=mmap_softmax,
+                     cross_entropy=lambda x, t: torch.nn.functional.cross_entropy(x, t, reduction="none"))
+    run = Run.create(tmp_path)
+    throughput_into(run, [softmax_impls.get("torch"), hidden], CPU, _preset(shapes=((512, 2000),)), summary=False)
+    rows = run.read("throughput")
+    timed = rows[rows["metric"] == "median_s"].set_index("variant")
+    assert timed.loc["hidden_alloc", "status"] == "ok"  # right and timed: only its memory figure is refused
+    peak = rows[rows["metric"] == "peak_bytes"].set_index("variant")
+    assert peak.loc["torch", "status"] == "ok" and peak.loc["torch", "value"] >= 512 * 2000 * 4
+    assert peak.loc["hidden_alloc", "status"] == "skipped"
+    assert "below its own output" in peak.loc["hidden_alloc", "message"]
