@@ -117,7 +117,8 @@ def test_first_call_is_timed_alone_and_warmup_runs():
     m = time_cpu(fn, budget)
     assert m.first_call_s >= 0.05
     assert m.stats.median < 0.01  # the compile never reaches the samples
-    assert len(calls) == 1 + 3 + 4 * m.inner and m.stats.n == 4
+    # the first call, the warm-up, one settling round (no page faults here), the samples
+    assert len(calls) == 1 + 3 + 1 + 4 * m.inner and m.stats.n == 4
 
 
 def test_interleaved_timer_samples_in_turns_and_times_each_like_alone():
@@ -133,9 +134,10 @@ def test_interleaved_timer_samples_in_turns_and_times_each_like_alone():
 
     budget = TimerBudget(warmup=2, warmup_s=10.0, min_reps=6, max_reps=6, min_sample_s=0.0)
     slow, fast = time_cpu_interleaved([tagged("slow", 2e-3), tagged("fast", 0.5e-3)], budget)
-    # first calls, then each one's warm-up, then strict turns: slow, fast, slow, fast, ...
+    # first calls, then each one's warm-up, one settling round in turns, then strict turns: slow, fast, ...
     assert order[:2] == ["slow", "fast"] and order[2:4] == ["slow"] * 2 and order[4:6] == ["fast"] * 2
-    assert order[6:] == ["slow", "fast"] * 6 and slow.stats.n == fast.stats.n == 6
+    assert order[6:8] == ["slow", "fast"]
+    assert order[8:] == ["slow", "fast"] * 6 and slow.stats.n == fast.stats.n == 6
     for m, target in ((slow, 2e-3), (fast, 0.5e-3)):  # busy-waits: never below the target, p20 near it
         assert m.stats.min >= target * 0.999 and m.stats.p20 <= target * 1.25, m.stats
         assert m.timer == "perf_counter, interleaved" and m.first_call_s >= target
@@ -196,3 +198,33 @@ def test_cuda_peak_memory_beyond_inputs():
     x = torch.randn(1024, 4096, device=dev)
     peak = peak_memory(lambda: torch.softmax(x, -1), dev)
     assert peak / (x.numel() * 4) == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_timer_settles_until_a_round_of_calls_stops_page_faulting():
+    # glibc can serve a big output from fresh, page-faulting memory for a few calls before it reuses a freed
+    # block; those calls time the OS, not the kernel, so sampling starts only once a round stops faulting
+    import mmap
+
+    from bench.measure.timer import SETTLE_ROUNDS, _minor_faults, _settle
+
+    if _minor_faults() is None:
+        pytest.skip("no page-fault counter (resource.getrusage) on this platform")
+    calls = []
+
+    def faulting_three_times() -> None:
+        calls.append(1)
+        if len(calls) <= 3:
+            buf = mmap.mmap(-1, 8 << 20)  # fresh pages: 2048 minor faults once touched
+            for offset in range(0, 8 << 20, 4096):
+                buf[offset] = 1
+            buf.close()
+
+    assert _settle([faulting_three_times]) == 4 and len(calls) == 4
+
+    def faulting_forever() -> None:
+        buf = mmap.mmap(-1, 4 << 20)
+        for offset in range(0, 4 << 20, 4096):
+            buf[offset] = 1
+        buf.close()
+
+    assert _settle([faulting_forever]) == SETTLE_ROUNDS  # bounded: a call that always faults is timed anyway
