@@ -65,6 +65,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -354,10 +355,18 @@ def _dense(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
 
 
-# The backward of each Function runs without grad mode (the common case) on a short path: at the chapter's
-# 256x10 the kernels take 3-6 us and the Python around them decides whether native beats torch there, so it
-# skips once_differentiable's no_grad block and asks for the library once per forward (ctx.lib). Under
-# create_graph=True it goes through once_differentiable, which makes a second differentiation raise.
+def _once_differentiable_fast(body: Callable[..., tuple[Tensor, None]]) -> Callable[..., tuple[Tensor, None]]:
+    """once_differentiable, without its no_grad block when grad mode is already off (the common case).
+
+    At the chapter's 256x10 the kernels take 3-6 us and the Python around them decides whether native beats
+    torch there; so the backward runs `body` directly, and the Functions ask for the library once per forward
+    (ctx.lib). Under create_graph=True it goes through once_differentiable, which makes a second
+    differentiation raise."""
+    once = once_differentiable(body)
+
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001 - autograd's ctx
+        return once(ctx, *grads) if torch.is_grad_enabled() else body(ctx, *grads)
+    return backward
 
 class _Softmax(torch.autograd.Function):
     @staticmethod
@@ -369,13 +378,8 @@ class _Softmax(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_once_differentiable_fast
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
-        if torch.is_grad_enabled():
-            return _Softmax.backward_once(ctx, dy)
-        return _Softmax.backward_body(ctx, dy)
-
-    @staticmethod
-    def backward_body(ctx, dy: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
         dy = _dense(dy, y.dtype)
         dx = torch.empty_like(y)
@@ -383,8 +387,6 @@ class _Softmax(torch.autograd.Function):
             _checked(ctx.lib.native_softmax_bwd(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.shape[0], y.shape[1],
                                                 int(ctx.log), DTYPE_CODES[y.dtype], _threads()))
         return dx, None
-
-    backward_once = staticmethod(once_differentiable(backward_body.__func__))
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -396,13 +398,8 @@ class _CrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @_once_differentiable_fast
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
-        if torch.is_grad_enabled():
-            return _CrossEntropy.backward_once(ctx, g)
-        return _CrossEntropy.backward_body(ctx, g)
-
-    @staticmethod
-    def backward_body(ctx, g: Tensor) -> tuple[Tensor, None]:
         logits, target, stats = ctx.saved_tensors
         g = _dense(g, logits.dtype)
         dx = torch.empty_like(logits)
@@ -412,8 +409,6 @@ class _CrossEntropy(torch.autograd.Function):
             _checked(ctx.lib.native_ce_bwd(logits.data_ptr(), target.data_ptr(), s, s + stats.element_size() * m,
                                            g.data_ptr(), dx.data_ptr(), m, n, DTYPE_CODES[logits.dtype], _threads()))
         return dx, None
-
-    backward_once = staticmethod(once_differentiable(backward_body.__func__))
 
 
 # -- the interface ------------------------------------------------------------------------------------
