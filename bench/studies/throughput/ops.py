@@ -68,6 +68,11 @@ def _ce_fwd_bwd(v: Variant, a: Inputs) -> Callable[[], object]:
     return step
 
 
+def output_shape(op: str, m: int, n: int) -> tuple[int, ...]:
+    """The shape of what op's timed closure returns: the per-sample loss [M] for ce_fwd, y or dx [M, N] else."""
+    return (m,) if op == "ce_fwd" else (m, n)
+
+
 def _targets(m: int, n: int, device: torch.device) -> torch.Tensor:
     return torch.randint(0, n, (m,), device=device, dtype=torch.int64)
 

@@ -22,7 +22,7 @@ from bench.studies.common import (
     UNIT_TIMEOUT_S,
     classify_failure,
 )
-from bench.studies.throughput.ops import OPS, TABLE, UNIT_KEY, Inputs, expected_metrics
+from bench.studies.throughput.ops import OPS, TABLE, UNIT_KEY, Inputs, expected_metrics, output_shape
 from bench.studies.throughput.plan import Unit, estimate_seconds, plan
 from bench.studies.throughput.presets import ThroughputPreset
 from bench.studies.throughput.summary import summary_table
@@ -233,7 +233,7 @@ class _Sweep(UnitRows):
             # Every op returns a fresh output: a peak below it means the call allocates where neither the op
             # observer nor malloc (nor CUDA's caching allocator) looks (XLA's and onnxruntime's own arenas),
             # and a figure of ~0 bytes would credit the variant with memory it did use.
-            out_bytes = (u.rows if u.op == "ce_fwd" else u.rows * u.cols) * DTYPES[u.dtype].itemsize
+            out_bytes = math.prod(output_shape(u.op, u.rows, u.cols)) * DTYPES[u.dtype].itemsize
             if peak < 0.99 * out_bytes:
                 return None, "skipped", (f"not measurable: the call's allocations bypass the allocators watched "
                                          f"(seen {peak:.0f} bytes, below its own output of {out_bytes} bytes)")

@@ -20,6 +20,7 @@ import torch
 from bench.studies.stability.families import limits
 from bench.studies.stability.judge import judge  # the stability study's judging rules
 from bench.studies.stability.reference import Reference
+from bench.studies.throughput.ops import output_shape
 
 MAX_CHECKED = 2**22  # elements compared against the reference per unit
 CHUNK = 2**20  # elements per float64 reference chunk (bounds the validator's own memory)
@@ -29,7 +30,8 @@ def check_output(op: str, out: object, x: torch.Tensor, target: torch.Tensor | N
                  tolerance_u: float) -> str | None:
     """None when `out` (what the timed closure of throughput op `op` returned) is right; else why not."""
     m, n = x.shape
-    want_shape, want_dtype = ((m,), None) if op == "ce_fwd" else ((m, n), x.dtype)
+    want_shape = output_shape(op, m, n)
+    want_dtype = None if op == "ce_fwd" else x.dtype  # a loss may come in another float dtype
     if not isinstance(out, torch.Tensor):
         return f"returned {type(out).__name__}, not a tensor"
     if tuple(out.shape) != want_shape:
