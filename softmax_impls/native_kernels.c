@@ -932,6 +932,8 @@ INLINE void log_softmax_row(const void *x, void *y, int64_t n, int stream, int d
     for (int64_t k = 0; k < h; k += W) {  /* the head before y's first whole line, then streamed */
         int64_t left = h - k < W ? h - k : W;
         st_tail(y, k, left, vsub(vsub(ld_tail(x, k, left, 0.0f, dt), shift), lv), dt);
+    }
+    if (h > 0) {  /* the rest starts on a whole line: streamed */
         i = h;
         s = 1;
     }
@@ -991,6 +993,8 @@ INLINE void softmax_bwd_row(const void *y, const void *dy, void *dx, int64_t n, 
         int64_t left = h - k < W ? h - k : W;
         vf yv = ld_tail(y, k, left, 0.0f, dt), g = ld_tail(dy, k, left, 0.0f, dt);
         st_tail(dx, k, left, log ? vfnma(vexp(yv), dv, g) : vmul(yv, vsub(g, dv)), dt);
+    }
+    if (h > 0) {  /* the rest starts on a whole line: streamed */
         i = h;
         s = 1;
     }
@@ -1036,6 +1040,8 @@ INLINE void ce_bwd_row(const void *x, int64_t t, int64_t n, float sh, float l, f
         /* lanes past the head hold the shift (never flagged); a flagged head lane redoes the row, as below */
         vf p = vexp_fast(vsub(vsub(ld_tail(x, k, left, sh, dt), shv), lv), &slow, dt);
         st_tail(dx, k, left, vmul(p, gv), dt);
+    }
+    if (h > 0) {  /* the rest starts on a whole line: streamed */
         i = h;
         s = 1;
     }
